@@ -1,0 +1,84 @@
+"""The prepared index: one JSON file that every later stage reads instead of walking folders.
+
+It records the class names, the ids of every split, the image-level labels and where the images,
+masks and scribbles of a VOC-format folder live, so a stage never guesses a path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages.io.atomic import write_text
+
+FORMAT_VERSION = 1
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+@dataclass
+class DatasetIndex:
+    """What a prepared data set holds. Class 0 is background; labels list foreground indices."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[str]]
+    labels: dict[str, list[int]]
+    image_dir: str = "JPEGImages"
+    image_ext: str = ".jpg"
+    mask_dirs: dict[str, str] = field(default_factory=dict)  # split -> folder under root
+    scribble_dir: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def ids(self, split: str) -> list[str]:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise KeyError(f"split {split!r} not in the index of {self.name!r} "
+                           f"(has {sorted(self.splits)})") from None
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / self.image_dir / f"{image_id}{self.image_ext}"
+
+    def mask_path(self, image_id: str, split: str) -> Path:
+        folder = self.mask_dirs.get(split, "SegmentationClass")
+        return self.root / folder / f"{image_id}.png"
+
+    def scribble_path(self, image_id: str) -> Path:
+        if self.scribble_dir is None:
+            raise FileNotFoundError(f"data set {self.name!r} has no scribbles")
+        return self.root / self.scribble_dir / f"{image_id}.png"
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {
+            "format_version": FORMAT_VERSION, "name": self.name, "root": str(self.root),
+            "classes": self.classes, "image_dir": self.image_dir, "image_ext": self.image_ext,
+            "mask_dirs": self.mask_dirs, "scribble_dir": self.scribble_dir,
+            "splits": self.splits, "labels": self.labels,
+        }
+        write_text(path, json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DatasetIndex":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the data set index ({exc})") from exc
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: index format {data.get('format_version')} != {FORMAT_VERSION}")
+        return cls(
+            name=data["name"], root=Path(data["root"]), classes=list(data["classes"]),
+            splits={k: list(v) for k, v in data["splits"].items()},
+            labels={k: [int(c) for c in v] for k, v in data["labels"].items()},
+            image_dir=data["image_dir"], image_ext=data["image_ext"],
+            mask_dirs=dict(data["mask_dirs"]), scribble_dir=data["scribble_dir"],
+        )

@@ -1,0 +1,1 @@
+"""File formats: atomic writes, label PNGs, CAM store, checkpoints."""

@@ -1,0 +1,1 @@
+"""Segmentation metrics, all derived from one confusion matrix."""

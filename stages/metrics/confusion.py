@@ -1,0 +1,55 @@
+"""Confusion-matrix accumulator: the one place IoU, precision and coverage are computed."""
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+
+class ConfusionMatrix:
+    """Rows are ground truth, columns prediction; pixels whose truth or prediction is 255 are skipped.
+
+    Skipping ignored *predictions* is what makes pseudo-label precision and coverage measurable
+    from the same matrix: ``coverage`` is the share of valid GT pixels that received a label.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.valid_gt = 0  # GT pixels that are not 255, labelled or not
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        if gt.shape != pred.shape:
+            raise ValueError(f"shape mismatch: gt {gt.shape} vs prediction {pred.shape}")
+        gt = np.asarray(gt).ravel().astype(np.int64)
+        pred = np.asarray(pred).ravel().astype(np.int64)
+        n = self.num_classes
+        gt_ok = gt != IGNORE
+        if np.any(gt[gt_ok] >= n) or np.any(pred[pred != IGNORE] >= n):
+            raise ValueError(f"class index out of range 0..{n - 1} (255 = ignore)")
+        self.valid_gt += int(gt_ok.sum())
+        keep = gt_ok & (pred != IGNORE)
+        self.matrix += np.bincount(n * gt[keep] + pred[keep], minlength=n * n).reshape(n, n)
+
+    def merge(self, other: "ConfusionMatrix") -> None:
+        self.matrix += other.matrix
+        self.valid_gt += other.valid_gt
+
+    def iou(self) -> np.ndarray:
+        """Per-class IoU; NaN for a class absent from both truth and prediction."""
+        tp = np.diag(self.matrix).astype(np.float64)
+        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def miou(self) -> float:
+        iou = self.iou()
+        return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        return float(np.trace(self.matrix) / total) if total else float("nan")
+
+    def coverage(self) -> float:
+        """Share of non-void GT pixels that carry a (non-ignore) prediction."""
+        return float(self.matrix.sum() / self.valid_gt) if self.valid_gt else float("nan")

@@ -1,0 +1,1 @@
+"""What every training or inference stage needs: device and process group, checkpoints, the loop."""

@@ -1,0 +1,47 @@
+"""The tiny workflow through a real single-node Slurm with the project's own slurm profile."""
+import filecmp
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import snakemake
+from slurm_node import SlurmNode, install, why_not_available
+
+# What a cluster without accounting needs on top of `--profile slurm`, and short polling so the
+# test takes seconds per job rather than minutes.
+NO_ACCOUNTING = ["--slurm-no-account", "--slurm-status-command", "squeue",
+                 "--slurm-init-seconds-before-status-checks", "1",
+                 "--seconds-between-status-checks", "1"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    reason = why_not_available()
+    if reason:
+        pytest.skip(reason)
+    install()
+    node = SlurmNode(tmp_path_factory.mktemp("slurm"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.mark.slurm
+def test_tiny_workflow_on_slurm_equals_local_run(slurm, tiny_run, tmp_path):
+    local, config = tiny_run
+    shutil.copy(config, tmp_path / "config.yaml")
+    snakemake(tmp_path, "--profile", "slurm", *NO_ACCOUNTING, config=tmp_path / "config.yaml")
+
+    ours, theirs = tmp_path / "results", local / "results"
+    for csv in ["cam/eval/sweep.csv", "pseudo_labels/none/eval/summary.csv", "eval/ce/metrics.csv",
+                "eval/ce/per_class.csv"]:
+        pd.testing.assert_frame_equal(pd.read_csv(ours / csv), pd.read_csv(theirs / csv), obj=csv)
+    labels = sorted(p.name for p in (theirs / "pseudo_labels/none/train_aug").glob("*.png"))
+    match, mismatch, errors = filecmp.cmpfiles(ours / "pseudo_labels/none/train_aug",
+                                               theirs / "pseudo_labels/none/train_aug", labels, shallow=False)
+    assert not mismatch and not errors and len(match) == len(labels) > 0
+    # the devices rule saw the GPU that Slurm assigned to it
+    assert '"CUDA_VISIBLE_DEVICES": "0"' in (ours / "devices.json").read_text().replace("\n", "")

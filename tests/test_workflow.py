@@ -1,0 +1,77 @@
+"""The workflow as a user runs it: dry runs of the DAG, then one tiny run end to end."""
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake, write_config
+
+TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam", "pseudo_labels",
+         "eval_pseudo", "cam_panels"}
+
+
+def test_default_config_plans_the_whole_dag(tmp_path):
+    jobs = planned_jobs(tmp_path, REPO / "config.yaml")
+    assert TRUNK | {"train_seg", "evaluate", "summary", "devices", "all"} == set(jobs)
+
+
+def test_slurm_profile_plans_the_same_dag(tmp_path):
+    local = snakemake(tmp_path, "-n", "--cores", "2").stdout
+    proc = snakemake(tmp_path, "-n", "--profile", "slurm")
+    assert "Job stats" in proc.stdout
+
+    def stats(out):
+        return out[out.index("Job stats"):out.index("Reasons")]
+
+    assert stats(proc.stdout) == stats(local)
+
+
+def test_two_variants_share_the_trunk(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", variants={
+        "ce": {"method": "ce", "pseudo_labels": "none"},
+        "ce_b": {"method": "ce", "pseudo_labels": "none"}})
+    jobs = planned_jobs(tmp_path, cfg)
+    assert jobs["train_seg"] == 2 and jobs["evaluate"] == 2
+    assert all(jobs[rule] == 1 for rule in TRUNK)
+
+
+@pytest.mark.workflow
+def test_end_to_end_outputs(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    for path in ["cam/model.pt", "cam/cams_train_aug.h5", "cam/eval/sweep.csv", "cam/eval/best.json",
+                 "pseudo_labels/none/eval/summary.csv", "seg/ce/model.pt", "eval/ce/metrics.csv",
+                 "summary/summary.csv", "summary/summary.md", "summary/variants.png",
+                 "summary/curves.png", "devices.json"]:
+        assert (results / path).is_file(), path
+    assert len(list((results / "pseudo_labels/none/train_aug").glob("*.png"))) == 24
+    assert len(list((results / "cam/panels").glob("*.png"))) == 2
+    metrics = pd.read_csv(results / "eval/ce/metrics.csv")
+    assert metrics["miou"].between(0, 1).all()
+    # nothing is left to do after a complete run
+    assert planned_jobs(workdir, workdir / "config.yaml") == {}
+
+
+@pytest.mark.workflow
+def test_adding_a_variant_reruns_only_that_variant(tiny_run):
+    workdir, _ = tiny_run
+    cfg = write_config(workdir / "more.yaml", variants={
+        "ce": {"method": "ce", "pseudo_labels": "none"},
+        "ce_b": {"method": "ce", "pseudo_labels": "none"},
+        "ce_c": {"method": "ce", "pseudo_labels": "none"}})
+    assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "summary": 1, "all": 1}
+
+
+@pytest.mark.workflow
+def test_removing_a_variant_reruns_only_the_summary(tiny_run):
+    workdir, _ = tiny_run
+    cfg = write_config(workdir / "fewer.yaml", variants={"ce": {"method": "ce", "pseudo_labels": "none"}})
+    assert planned_jobs(workdir, cfg) == {"summary": 1, "all": 1}
+
+
+@pytest.mark.workflow
+def test_changing_a_seg_hyperparameter_keeps_the_cam_trunk(tiny_run):
+    workdir, _ = tiny_run
+    cfg = write_config(workdir / "lr.yaml", seg={"backbone": "resnet18", "train": {
+        "crop_size": 64, "batch_size": 4, "steps": 6, "checkpoint_every": 3, "lr": 0.02}})
+    jobs = planned_jobs(workdir, cfg)
+    assert not (TRUNK & set(jobs)), jobs
+    assert jobs["train_seg"] == 1

@@ -1,0 +1,89 @@
+rule train_cam:
+    input:
+        index=INDEX,
+    output:
+        model=CAM_MODEL,
+        metrics="results/cam/train_metrics.csv",
+    params:
+        # Not an output, so that it survives a killed or failed job and the re-run resumes.
+        checkpoint="results/cam/checkpoint.pt",
+        backbone=config["cam"]["backbone"],
+        weights=config["cam"]["weights"],
+        pooling=config["cam"]["pooling"],
+        train=cli(config["cam"]["train"]),
+        device=config["device"],
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    log:
+        "results/logs/train_cam.log",
+    benchmark:
+        "results/benchmarks/train_cam.tsv"
+    shell:
+        LAUNCH + " stages.train_cam --index {input.index} --split train_aug"
+        " --backbone {params.backbone} --weights {params.weights} --pooling {params.pooling}"
+        " {params.train} --device {params.device} --out {output.model}"
+        " --checkpoint {params.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+
+
+rule infer_cam:
+    input:
+        index=INDEX,
+        model=CAM_MODEL,
+    output:
+        "results/cam/cams_{split}.h5",
+    params:
+        scales=cli({"scales": config["cam"]["infer"]["scales"], "flip": config["cam"]["infer"]["flip"]}),
+        device=config["device"],
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    log:
+        "results/logs/infer_cam/{split}.log",
+    benchmark:
+        "results/benchmarks/infer_cam-{split}.tsv"
+    shell:
+        LAUNCH + " stages.infer_cam --index {input.index} --checkpoint {input.model}"
+        " --split {wildcards.split} {params.scales} --device {params.device} --out {output} > {log} 2>&1"
+
+
+rule eval_cam:
+    input:
+        index=INDEX,
+        cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
+    output:
+        sweep="results/cam/eval/sweep.csv",
+        per_class="results/cam/eval/per_class.csv",
+        best="results/cam/eval/best.json",
+    params:
+        split=config["cam"]["eval"]["split"],
+        sweep=cli(config["cam"]["eval"], exclude=("split",)),
+    log:
+        "results/logs/eval_cam.log",
+    shell:
+        "python -m stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
+        " {params.sweep} --out-sweep {output.sweep} --out-per-class {output.per_class}"
+        " --out-best {output.best} > {log} 2>&1"
+
+
+rule cam_panels:
+    input:
+        index=INDEX,
+        cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
+        labels=f"results/pseudo_labels/{used_refinements()[0]}/{config['cam']['infer']['split']}",
+    output:
+        report(
+            directory("results/cam/panels"),
+            patterns=["{id}.png"],
+            caption="../report/cam_panels.rst",
+            category="CAMs and pseudo labels",
+        ),
+    params:
+        ids=lambda wildcards, input: " ".join(panel_ids(input.index)),
+    log:
+        "results/logs/cam_panels.log",
+    shell:
+        "python -m stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
+        " --ids {params.ids} --out-dir {output} > {log} 2>&1"

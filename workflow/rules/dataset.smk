@@ -1,0 +1,29 @@
+rule prepare_dataset:
+    output:
+        INDEX_RAW,
+    params:
+        kind=config["dataset"]["kind"],
+        args=dataset_args(),
+    log:
+        "results/logs/prepare_dataset.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset.tsv"
+    shell:
+        "python -m stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
+
+
+rule check_dataset:
+    input:
+        INDEX_RAW,
+    output:
+        INDEX,
+    params:
+        policy=config["dataset"]["check"]["policy"],
+        # Not an output: Snakemake deletes a failed job's outputs, and the report is most
+        # useful exactly when the check fails.
+        report="results/dataset/check_report.csv",
+    log:
+        "results/logs/check_dataset.log",
+    shell:
+        "python -m stages.check_dataset --index {input} --policy {params.policy}"
+        " --report {params.report} --out-index {output} > {log} 2>&1"

@@ -1,0 +1,39 @@
+rule summary:
+    input:
+        cam_best="results/cam/eval/best.json",
+        cam_metrics="results/cam/train_metrics.csv",
+        pseudo=expand("results/pseudo_labels/{refinement}/eval/summary.csv", refinement=used_refinements()),
+        variants=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
+        seg_metrics=expand("results/seg/{variant}/train_metrics.csv", variant=VARIANTS),
+    output:
+        csv="results/summary/summary.csv",
+        md=report("results/summary/summary.md", caption="../report/summary.rst", category="Summary"),
+        variants=report("results/summary/variants.png", caption="../report/variants.rst", category="Summary"),
+        curves=report("results/summary/curves.png", caption="../report/curves.rst", category="Summary"),
+    params:
+        pseudo=lambda wildcards, input: " ".join(
+            f"{r}={path}" for r, path in zip(used_refinements(), input.pseudo)
+        ),
+        variants=lambda wildcards, input: " ".join(f"{v}={path}" for v, path in zip(VARIANTS, input.variants)),
+        curves=lambda wildcards, input: " ".join(
+            [f"cam={input.cam_metrics}"] + [f"{v}={path}" for v, path in zip(VARIANTS, input.seg_metrics)]
+        ),
+    log:
+        "results/logs/summary.log",
+    shell:
+        "python -m stages.summary --cam-sweep-best {input.cam_best} --pseudo {params.pseudo}"
+        " --variant {params.variants} --train-metrics {params.curves} --benchmarks results/benchmarks"
+        " --out-csv {output.csv} --out-md {output.md} --out-plot-variants {output.variants}"
+        " --out-plot-curves {output.curves} > {log} 2>&1"
+
+
+rule devices:
+    output:
+        "results/devices.json",
+    resources:
+        gpu=1,
+        runtime=5,
+    log:
+        "results/logs/devices.log",
+    shell:
+        LAUNCH + " stages.devices --out {output} > {log} 2>&1"
