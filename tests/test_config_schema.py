@@ -44,7 +44,7 @@ def test_defaults_fill_every_key():
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     assert config["cam"]["train"]["optimizer"] == "sgd"
     assert config["cam"]["train"]["steps"] == 6  # the file's value wins over the default
-    assert config["pseudo_labels"]["crf"]["bilateral_srgb"] == 13
+    assert config["pseudo_labels"]["crf"]["bilateral_srgb"] == 5
     assert config["pseudo_labels"]["crf"]["iterations"] == 2
     assert config["evaluation"]["crf_params"]["iterations"] == 10
     assert config["dataset"]["voc"]["archives"]["voc2012_trainval"]["md5"] == "6cd6e144f989b92b3379bac3b3de84fd"
@@ -62,3 +62,11 @@ def test_default_config_is_valid():
 def test_dataset_enums(tmp_path, bad):
     msg = _dry_run_error(tmp_path, dataset=bad)
     assert "is not one of" in msg
+
+
+def test_workflow_needs_table_matches_the_registry():
+    """The torch-free table the workflow validates variants with is the methods' own."""
+    from stages.methods.needs import METHOD_NEEDS
+    from stages.methods.registry import METHODS
+
+    assert {name: cls.needs for name, cls in METHODS.items()} == METHOD_NEEDS

@@ -1,5 +1,6 @@
 """The tiny workflow through a real single-node Slurm with the project's own slurm profile."""
 import filecmp
+import json
 import shutil
 
 import pandas as pd
@@ -43,5 +44,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm, tiny_run, tmp_path):
     match, mismatch, errors = filecmp.cmpfiles(ours / "pseudo_labels/none/train_aug",
                                                theirs / "pseudo_labels/none/train_aug", labels, shallow=False)
     assert not mismatch and not errors and len(match) == len(labels) > 0
-    # the devices rule saw the GPU that Slurm assigned to it
-    assert '"CUDA_VISIBLE_DEVICES": "0"' in (ours / "devices.json").read_text().replace("\n", "")
+    # the devices rule ran as a Slurm job and saw the (fake) GPU that Slurm assigned to it
+    seen = json.loads((ours / "devices.json").read_text())["ranks"][0]
+    assert seen["launch"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "SLURM_JOB_ID" in seen["slurm"]

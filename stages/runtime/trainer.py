@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from stages.io.atomic import atomic_path
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.runtime.distributed import DistContext, all_reduce_sum, autocast
+from stages.runtime.progress import progress
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -119,8 +119,8 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     ``model`` is the bare module; it is wrapped in DDP here when the process group has several
     ranks. ``meta`` (backbone, classes, hyperparameters) goes into every checkpoint; a checkpoint
     whose meta differs is ignored, so changed settings train from scratch instead of resuming.
-    The metric rows live in the checkpoint too: Snakemake deletes a failed job's outputs, so the
-    CSV (refreshed at each checkpoint for watching a run) cannot be what a resume reads.
+    The metric rows live in the checkpoint and the CSV is written only at the end: a killed job
+    then leaves no output file behind, and Snakemake deletes a failed job's outputs anyway.
     """
     model.to(ctx.device)
     if ctx.on_gpu:
@@ -150,12 +150,9 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "step": step, "skipped": skipped, "rows": rows, "meta": meta})
-            with atomic_path(metrics_path) as tmp:
-                pd.DataFrame(rows).to_csv(tmp, index=False)
 
     spe = steps_per_epoch(len(dataset), cfg.batch_size, ctx.world_size)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not ctx.is_main, file=sys.stderr,
-               mininterval=1 if sys.stderr.isatty() else 10, desc="train")
+    bar = progress(total=cfg.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
     net.train()
     with _StopFlag() as stop:
         while step < cfg.steps:
@@ -176,7 +173,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 if all_reduce_sum(bad, ctx).item() > 0:
                     if cfg.on_nonfinite != "skip" or skipped >= cfg.max_skipped:
                         raise NonFiniteLossError(
-                            f"non-finite loss at step {step + 1} ({ {k: float(v) for k, v in terms.items()} }); "
+                            f"non-finite loss at step {step + 1} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
                             f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}")
                     skipped += 1
                     optimizer.zero_grad(set_to_none=True)
@@ -184,6 +181,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -191,11 +189,11 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 tic = time.perf_counter()
                 rows.append({"step": step, "epoch": epoch,
                              **{k: float(v.detach()) for k, v in terms.items()},
-                             "lr": optimizer.param_groups[0]["lr"],
+                             "lr": lr,
                              "img_per_s": cfg.batch_size * ctx.world_size / max(elapsed, 1e-9),
                              "skipped": skipped})
                 bar.update(1)
-                bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", refresh=False)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     checkpoint()
                 if stop.raised:
@@ -207,4 +205,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     bar.close()
     if not all_finite(model):
         raise NonFiniteLossError(f"training ended with non-finite weights; {checkpoint_path} kept")
+    if ctx.is_main:
+        with atomic_path(metrics_path) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
     return rows

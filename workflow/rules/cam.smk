@@ -12,6 +12,7 @@ rule train_cam:
         pooling=config["cam"]["pooling"],
         train=cli(config["cam"]["train"]),
         device=config["device"],
+    threads: 4
     resources:
         gpu=1,
         mem_mb=16000,
@@ -36,6 +37,7 @@ rule infer_cam:
     params:
         scales=cli({"scales": config["cam"]["infer"]["scales"], "flip": config["cam"]["infer"]["flip"]}),
         device=config["device"],
+    threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
@@ -63,7 +65,7 @@ rule eval_cam:
     log:
         "results/logs/eval_cam.log",
     shell:
-        "python -m stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
+        PYTHON + " stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
         " {params.sweep} --out-sweep {output.sweep} --out-per-class {output.per_class}"
         " --out-best {output.best} > {log} 2>&1"
 
@@ -85,5 +87,5 @@ rule cam_panels:
     log:
         "results/logs/cam_panels.log",
     shell:
-        "python -m stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
+        PYTHON + " stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
         " --ids {params.ids} --out-dir {output} > {log} 2>&1"

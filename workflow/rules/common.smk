@@ -7,6 +7,8 @@ import jsonschema
 import yaml
 from snakemake.utils import min_version, validate
 
+from stages.methods.needs import METHOD_NEEDS
+
 min_version("9.0")
 
 CONFIG_SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
@@ -40,9 +42,6 @@ CAM_MODEL = "results/cam/model.pt"
 
 REFINEMENTS = config["refinements"]
 VARIANTS = config["variants"]
-# What each method reads from the shared cache (kept in step with stages/methods/registry.py,
-# which a test checks); unknown methods are refused here, before any job runs.
-METHOD_NEEDS = {"ce": {"pseudo_labels"}}
 
 
 def cli(options, exclude=()):
@@ -73,8 +72,11 @@ def dataset_args():
     return cli(options)
 
 
+# Every stage runs as `python -m stages.<name>`, with torch's CPU threads set to the rule's
+# `threads` so that concurrent jobs do not oversubscribe the cores.
+PYTHON = "OMP_NUM_THREADS={threads} python -m"
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
-LAUNCH = "python -m stages.launch --gpus {resources.gpu}"
+LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
 
 
 def check_variants():

@@ -9,7 +9,7 @@ rule prepare_dataset:
     benchmark:
         "results/benchmarks/prepare_dataset.tsv"
     shell:
-        "python -m stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
+        PYTHON + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
 
 
 rule check_dataset:
@@ -25,5 +25,5 @@ rule check_dataset:
     log:
         "results/logs/check_dataset.log",
     shell:
-        "python -m stages.check_dataset --index {input} --policy {params.policy}"
+        PYTHON + " stages.check_dataset --index {input} --policy {params.policy}"
         " --report {params.report} --out-index {output} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule pseudo_labels:
     benchmark:
         "results/benchmarks/pseudo_labels-{refinement}-{split}.tsv"
     shell:
-        "python -m stages.pseudo_labels --index {input.index} --cams {input.cams} --split {wildcards.split}"
+        PYTHON + " stages.pseudo_labels --index {input.index} --cams {input.cams} --split {wildcards.split}"
         " --threshold {params.threshold} --best {input.best} {params.options} {params.crf}"
         " --workers {threads} --out-dir {output} > {log} 2>&1"
 
@@ -35,5 +35,5 @@ rule eval_pseudo:
     log:
         "results/logs/eval_pseudo/{refinement}.log",
     shell:
-        "python -m stages.eval_pseudo --index {input.index} --labels {input.labels} --split {params.split}"
+        PYTHON + " stages.eval_pseudo --index {input.index} --labels {input.labels} --split {params.split}"
         " --out-summary {output.summary} --out-per-class {output.per_class} > {log} 2>&1"

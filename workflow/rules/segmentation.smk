@@ -15,6 +15,7 @@ rule train_seg:
         model=cli(config["seg"], exclude=("train", "init_from_cam")),
         train=cli(config["seg"]["train"]),
         device=config["device"],
+    threads: 4
     resources:
         gpu=1,
         mem_mb=16000,
@@ -51,6 +52,7 @@ rule evaluate:
         options=cli(config["evaluation"], exclude=("split", "crf_params")),
         crf=cli(config["evaluation"]["crf_params"]),
         device=config["device"],
+    threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
@@ -60,7 +62,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate-{variant}.tsv"
     shell:
-        "python -m stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
+        PYTHON + " stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
         " {params.options} {params.crf} --device {params.device} --out-metrics {output.metrics}"
         " --out-per-class {output.per_class} --out-predictions {output.predictions}"
         " --out-panels {output.panels} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule summary:
     log:
         "results/logs/summary.log",
     shell:
-        "python -m stages.summary --cam-sweep-best {input.cam_best} --pseudo {params.pseudo}"
+        PYTHON + " stages.summary --cam-sweep-best {input.cam_best} --pseudo {params.pseudo}"
         " --variant {params.variants} --train-metrics {params.curves} --benchmarks results/benchmarks"
         " --out-csv {output.csv} --out-md {output.md} --out-plot-variants {output.variants}"
         " --out-plot-curves {output.curves} > {log} 2>&1"

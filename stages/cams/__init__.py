@@ -1,0 +1,1 @@
+"""Class activation maps: multi-scale inference and background-threshold handling."""

@@ -1,0 +1,130 @@
+"""Verifying a prepared data set before any training touches it.
+
+Every problem is collected (not raised at the first one) so a user fixes a broken download in
+one pass: each listed image must decode (grayscale and CMYK JPEGs are fine), each mask must
+exist, match its image's size and hold only 0..C-1 or 255, each listed image needs at least one
+foreground class in its image-level label, and a split must be non-empty and list an id once.
+Scribble files that exist are checked like masks; a missing scribble is not a problem, since
+only scribble-supervised variants read them.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.data.images import load_rgb
+from stages.data.index import DatasetIndex
+from stages.io.atomic import atomic_path
+from stages.io.label_png import IGNORE, read_label
+
+REPORT_COLUMNS = ("id", "split", "file", "problem")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str     # "" for a problem of a whole split
+    split: str  # the splits concerned, space-separated
+    file: str
+    problem: str
+
+
+def _label_map_problem(path: Path, image_hw: tuple[int, int] | None, num_classes: int,
+                       what: str) -> str | None:
+    """What is wrong with a mask or scribble file, or None."""
+    if not path.exists():
+        return f"{what} missing"
+    try:
+        label = read_label(path)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"cannot read {what} ({exc})"
+    if image_hw is not None and label.shape != image_hw:
+        return (f"{what} size {label.shape[1]}x{label.shape[0]} differs from the image's "
+                f"{image_hw[1]}x{image_hw[0]} (WxH)")
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = [int(v) for v in np.flatnonzero(counts) if num_classes <= v < IGNORE]
+    if bad:
+        return f"{what} has values {bad[:8]} outside 0..{num_classes - 1} and {IGNORE}"
+    return None
+
+
+def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
+    """Every problem of the data set, in split order."""
+    problems: list[Problem] = []
+    splits_of: dict[str, list[str]] = defaultdict(list)
+    for split, ids in index.splits.items():
+        if not ids:
+            problems.append(Problem("", split, "", "split is empty"))
+        for image_id, count in Counter(ids).items():
+            if count > 1:
+                problems.append(Problem(image_id, split, "", f"listed {count} times in split {split!r}"))
+        for image_id in dict.fromkeys(ids):
+            splits_of[image_id].append(split)
+
+    checked_masks: set[str] = set()
+    for image_id, splits in tqdm(splits_of.items(), desc="checking images", disable=not progress):
+        where = " ".join(splits)
+        image_path = index.image_path(image_id)
+        image_hw = None
+        if not image_path.exists():
+            problems.append(Problem(image_id, where, str(image_path), "image missing"))
+        else:
+            try:
+                image_hw = load_rgb(image_path).shape[:2]
+            except ValueError as exc:
+                problems.append(Problem(image_id, where, str(image_path), str(exc)))
+        for split in splits:
+            mask_path = index.mask_path(image_id, split)
+            if str(mask_path) in checked_masks:
+                continue
+            checked_masks.add(str(mask_path))
+            users = " ".join(s for s in splits if index.mask_path(image_id, s) == mask_path)
+            issue = _label_map_problem(mask_path, image_hw, index.num_classes, "mask")
+            if issue:
+                problems.append(Problem(image_id, users, str(mask_path), issue))
+        if index.scribble_dir is not None and index.scribble_path(image_id).exists():
+            issue = _label_map_problem(index.scribble_path(image_id), image_hw, index.num_classes, "scribble")
+            if issue:
+                problems.append(Problem(image_id, where, str(index.scribble_path(image_id)), issue))
+        label = index.labels.get(image_id)
+        if label is None:
+            problems.append(Problem(image_id, where, "", "no image-level label"))
+        elif not label:
+            problems.append(Problem(image_id, where, "", "image-level label has no foreground class"))
+        elif any(not 0 < c < index.num_classes for c in label):
+            problems.append(Problem(image_id, where, "",
+                                    f"image-level label {label} outside 1..{index.num_classes - 1}"))
+    return problems
+
+
+def drop_images(index: DatasetIndex, ids: set[str]) -> DatasetIndex:
+    """The index without ``ids`` in any split or label; duplicate listings collapse to one."""
+    splits = {split: [i for i in dict.fromkeys(split_ids) if i not in ids]
+              for split, split_ids in index.splits.items()}
+    labels = {i: c for i, c in index.labels.items() if i not in ids}
+    return dataclasses.replace(index, splits=splits, labels=labels)
+
+
+def write_report(path: str | os.PathLike, problems: list[Problem]) -> None:
+    """CSV with one row per problem; just the header when there is none."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(REPORT_COLUMNS)
+            for p in problems:
+                writer.writerow([p.id, p.split, p.file, p.problem])
+
+
+def summarize(problems: list[Problem], limit: int = 5) -> str:
+    """The first few problems on one line each, for an error message."""
+    lines = [f"  {p.id or '(split)'} [{p.split}] {p.file + ': ' if p.file else ''}{p.problem}"
+             for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""VOC-layout folders: reading one in place, and assembling PASCAL VOC 2012 from its archives.
+
+Any folder with ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/*.txt``
+becomes an index without being copied. Conventions, shared by the real VOC and any other
+folder:
+
+- classes: ``classes.txt`` (one name a line, background first) when present, else the 21 VOC
+  classes;
+- ``train_aug``: its list file when present; else, when ``SegmentationClassAug/`` exists, every
+  id with an Aug mask minus ``val`` (the SBD-augmented set), with its masks read from there;
+  else the ``train`` list;
+- image-level labels from ``image_labels.json`` (id -> class names), from the XML
+  ``Annotations`` (every ``object/name``, difficult ones included, as the common
+  ``cls_labels.npy`` does), or from the masks (classes present other than 0 and 255);
+  ``auto`` takes the first of these that exists. Ids with no label source are left out of
+  ``labels``; check_dataset reports them;
+- scribbles: ``Scribbles/<id>.png`` when that folder exists. A folder read in place is never
+  written to, so ScribbleSup XML is rendered only for a VOC tree this module extracted itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from stages.data.download import archive_filename, fetch, safe_extract
+from stages.data.index import VOC_CLASSES, DatasetIndex
+from stages.data.scribbles import render_scribblesup_xml
+from stages.io.label_png import read_label, write_label
+
+LABEL_SOURCES = ("auto", "json", "xml", "masks")
+AUG_DIR = "SegmentationClassAug"
+SCRIBBLE_DIR = "Scribbles"
+VOC_ARCHIVES = ("voc2012_trainval", "segmentation_class_aug", "scribbles")
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Ids of one ImageSets list: first word of every non-blank line."""
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_classes(root: Path) -> list[str]:
+    path = root / "classes.txt"
+    if not path.exists():
+        return list(VOC_CLASSES)
+    names = read_id_list(path)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"{path}: need background plus at least one class, all names distinct")
+    return names
+
+
+def _foreground_indices(names: list[str], classes: list[str], source: Path, image_id: str) -> list[int]:
+    index = {name: i for i, name in enumerate(classes)}
+    out = set()
+    for name in names:
+        if name not in index or index[name] == 0:
+            raise ValueError(f"{source}: image {image_id!r} has label {name!r}, "
+                             f"not a foreground class of {classes[1:]}")
+        out.add(index[name])
+    return sorted(out)
+
+
+def labels_from_json(path: Path, classes: list[str], ids: list[str]) -> dict[str, list[int]]:
+    """``image_labels.json``: id -> list of foreground class names."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read image labels ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object mapping image id -> list of class names")
+    return {i: _foreground_indices(list(data[i]), classes, path, i) for i in ids if i in data}
+
+
+def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
+                    progress: bool = False) -> dict[str, list[int]]:
+    """VOC XML: the names of the top-level ``object`` elements (parts are not objects)."""
+    out = {}
+    for i in tqdm(ids, desc="labels from XML", disable=not progress):
+        path = annotations / f"{i}.xml"
+        if not path.exists():
+            continue
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise ValueError(f"{path}: cannot parse annotation XML ({exc})") from exc
+        names = [(obj.findtext("name") or "").strip() for obj in root.findall("object")]
+        out[i] = _foreground_indices(names, classes, path, i)
+    return out
+
+
+def labels_from_masks(index: DatasetIndex, progress: bool = False) -> dict[str, list[int]]:
+    """Classes present in each id's mask (its first split's mask folder)."""
+    out = {}
+    seen: set[str] = set()
+    jobs = [(i, split) for split, ids in index.splits.items() for i in ids]
+    for i, split in tqdm(jobs, desc="labels from masks", disable=not progress):
+        if i in seen:
+            continue
+        seen.add(i)
+        path = index.mask_path(i, split)
+        if not path.exists():
+            continue
+        present = np.flatnonzero(np.bincount(read_label(path).ravel(), minlength=256))
+        out[i] = [int(c) for c in present if 0 < c < index.num_classes]
+    return out
+
+
+def _read_splits(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    lists = root / "ImageSets" / "Segmentation"
+    splits = {p.stem: read_id_list(p) for p in sorted(lists.glob("*.txt"))}
+    for needed in ("train", "val"):
+        if needed not in splits:
+            raise ValueError(f"{lists}: no {needed}.txt (found {sorted(splits) or 'no lists'})")
+    mask_dirs: dict[str, str] = {}
+    aug = root / AUG_DIR
+    if aug.is_dir():
+        mask_dirs["train_aug"] = AUG_DIR
+        if "train_aug" not in splits:
+            val = set(splits["val"])
+            splits["train_aug"] = sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+    splits.setdefault("train_aug", list(splits["train"]))
+    ordered = {k: splits[k] for k in ("train_aug", "train", "val")}
+    return ordered | splits, mask_dirs
+
+
+def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = None,
+                    progress: bool = False) -> DatasetIndex:
+    """Index a VOC-layout folder in place."""
+    if labels not in LABEL_SOURCES:
+        raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
+    root = Path(path).resolve()
+    if not (root / "JPEGImages").is_dir():
+        raise ValueError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
+    classes = read_classes(root)
+    splits, mask_dirs = _read_splits(root)
+    scribbles = root / SCRIBBLE_DIR
+    index = DatasetIndex(name=name or root.name, root=root, classes=classes, splits=splits, labels={},
+                         mask_dirs=mask_dirs,
+                         scribble_dir=SCRIBBLE_DIR if scribbles.is_dir() else None)
+    ids = sorted({i for split_ids in splits.values() for i in split_ids})
+    json_path, annotations = root / "image_labels.json", root / "Annotations"
+    if labels == "auto":
+        labels = "json" if json_path.exists() else "xml" if annotations.is_dir() else "masks"
+    if labels == "json":
+        index.labels = labels_from_json(json_path, classes, ids)
+    elif labels == "xml":
+        if not annotations.is_dir():
+            raise ValueError(f"{root}: labels from XML asked for, but there is no Annotations/ folder")
+        index.labels = labels_from_xml(annotations, classes, ids, progress)
+    else:
+        index.labels = labels_from_masks(index, progress)
+    return index
+
+
+def _scribble_xml_dir(extracted: Path) -> Path:
+    """The folder of ScribbleSup's VOC XML files (``pascal_2012`` in the official zip)."""
+    folders = sorted({p.parent for p in extracted.rglob("*.xml")})
+    preferred = [f for f in folders if f.name == "pascal_2012"]
+    if preferred:
+        return preferred[0]
+    if len(folders) == 1:
+        return folders[0]
+    raise ValueError(f"{extracted}: cannot tell which folder holds the VOC scribbles "
+                     f"(XML in {[str(f) for f in folders] or 'no folder'})")
+
+
+def render_scribble_folder(xml_dir: Path, voc_root: Path, classes: list[str],
+                           progress: bool = False) -> Path:
+    """Render every scribble XML whose image exists into ``voc_root/Scribbles`` (all or nothing)."""
+    final = voc_root / SCRIBBLE_DIR
+    if final.exists():
+        return final
+    partial = voc_root / f".{SCRIBBLE_DIR}.partial"
+    class_index = {name: i for i, name in enumerate(classes)}
+    for xml in tqdm(sorted(xml_dir.glob("*.xml")), desc="scribbles", disable=not progress):
+        image = voc_root / "JPEGImages" / f"{xml.stem}.jpg"
+        if not image.exists():
+            continue
+        with Image.open(image) as im:
+            shape = (im.height, im.width)
+        write_label(partial / f"{xml.stem}.png", render_scribblesup_xml(xml, shape, class_index))
+    partial.mkdir(exist_ok=True)
+    os.replace(partial, final)
+    return final
+
+
+def _find_devkit(extracted: Path) -> Path:
+    for candidate in sorted(extracted.rglob("VOC2012")):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise ValueError(f"{extracted}: the VOC archive holds no VOC2012/JPEGImages folder")
+
+
+def _find_aug_dir(extracted: Path) -> Path:
+    folders = [p for p in extracted.rglob(AUG_DIR) if p.is_dir() and "__MACOSX" not in p.parts]
+    if not folders:
+        raise ValueError(f"{extracted}: the SegmentationClassAug archive holds no {AUG_DIR} folder")
+    return folders[0]
+
+
+def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
+                archives: Mapping[str, Mapping[str, str | None]], retries: int,
+                devkit: str | os.PathLike | None = None, progress: bool = True) -> DatasetIndex:
+    """PASCAL VOC 2012 with SBD masks and ScribbleSup scribbles, downloaded or found in place.
+
+    With ``devkit`` (an existing VOCdevkit/VOC2012) nothing is downloaded or written: Aug masks
+    and scribble PNGs are used when the devkit already holds them. Otherwise every configured
+    archive is fetched into ``download_dir`` and unpacked under ``root``; the Aug masks are moved
+    into the VOC2012 folder and the scribbles rendered there, so the index root is that folder.
+    """
+    unknown = sorted(set(archives) - set(VOC_ARCHIVES))
+    if unknown:
+        raise ValueError(f"unknown VOC archive name(s) {unknown}; known: {list(VOC_ARCHIVES)}")
+    if devkit is not None:
+        voc_root = Path(devkit).resolve()
+        if not (voc_root / "JPEGImages").is_dir():
+            raise ValueError(f"{voc_root}: devkit is not a VOC2012 folder (no JPEGImages/)")
+        return read_voc_folder(voc_root, "auto", name="voc", progress=progress)
+    if "voc2012_trainval" not in archives:
+        raise ValueError("the VOC archives must include 'voc2012_trainval'")
+    root = Path(root).resolve()
+    extracted = {}
+    for name, spec in archives.items():
+        url = str(spec["url"])
+        archive = fetch(url, Path(download_dir) / archive_filename(url), spec.get("md5"), retries,
+                        progress=progress)
+        extracted[name] = safe_extract(archive, root / name)
+    voc_root = _find_devkit(extracted["voc2012_trainval"])
+    if "segmentation_class_aug" in extracted and not (voc_root / AUG_DIR).exists():
+        os.replace(_find_aug_dir(extracted["segmentation_class_aug"]), voc_root / AUG_DIR)
+    classes = read_classes(voc_root)
+    if "scribbles" in extracted:
+        render_scribble_folder(_scribble_xml_dir(extracted["scribbles"]), voc_root, classes, progress)
+    return read_voc_folder(voc_root, "auto", name="voc", progress=progress)

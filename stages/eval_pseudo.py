@@ -1,0 +1,62 @@
+"""Stage: quality of pseudo labels against the ground-truth masks of a split.
+
+mIoU and precision count only labelled pixels (255 in the pseudo label is skipped); coverage is
+the share of valid ground-truth pixels that received a label.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from stages.data.index import DatasetIndex
+from stages.io.atomic import atomic_path
+from stages.io.label_png import read_label
+from stages.metrics.confusion import ConfusionMatrix
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--index", required=True)
+    p.add_argument("--labels", required=True, help="directory of <id>.png pseudo labels")
+    p.add_argument("--split", required=True, help="split with ground-truth masks (train)")
+    p.add_argument("--out-summary", required=True, help="CSV: miou, precision, coverage, n_images")
+    p.add_argument("--out-per-class", required=True, help="CSV: class, iou")
+    return p.parse_args(argv)
+
+
+def score_labels(index: DatasetIndex, labels_dir: Path, split: str) -> ConfusionMatrix:
+    ids = index.ids(split)
+    missing = [i for i in ids if not (labels_dir / f"{i}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{labels_dir}: {len(missing)} pseudo label(s) of split {split!r} "
+                                f"missing, e.g. {missing[:5]}")
+    matrix = ConfusionMatrix(index.num_classes)
+    for image_id in tqdm(ids, desc=f"score {split}", unit="img"):
+        label_path, mask_path = labels_dir / f"{image_id}.png", index.mask_path(image_id, split)
+        label, gt = read_label(label_path), read_label(mask_path)
+        if label.shape != gt.shape:
+            raise ValueError(f"{label_path}: size {label.shape} differs from mask {mask_path} {gt.shape}")
+        matrix.update(gt, label)
+    return matrix
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    index = DatasetIndex.load(args.index)
+    matrix = score_labels(index, Path(args.labels), args.split)
+    summary = pd.DataFrame([{"miou": matrix.miou(), "precision": matrix.pixel_accuracy(),
+                             "coverage": matrix.coverage(), "n_images": len(index.ids(args.split))}])
+    per_class = pd.DataFrame({"class": index.classes, "iou": matrix.iou()})
+    for path, frame in ((args.out_summary, summary), (args.out_per_class, per_class)):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6f")
+    row = summary.iloc[0]
+    print(f"pseudo labels {args.labels}: mIoU {row.miou:.4f}, precision {row.precision:.4f}, "
+          f"coverage {row.coverage:.4f}")
+
+
+if __name__ == "__main__":
+    main()

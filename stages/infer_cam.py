@@ -1,0 +1,62 @@
+"""Stage: multi-scale + flip CAMs of a split's present classes, into one HDF5 CAM file.
+
+Under ``torchrun`` every rank writes a shard of the ids and rank 0 merges them; the output name
+appears only when the merged file is complete. The HDF5 layout is described in
+``stages.io.cam_store``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from stages.cams.multiscale import write_cams
+from stages.data.index import DatasetIndex
+from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
+from stages.io.checkpoint import check_meta, file_sha256
+from stages.models.cam_net import load_cam_net
+from stages.runtime.distributed import barrier, distributed_session
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--index", required=True, help="data set index JSON")
+    p.add_argument("--checkpoint", required=True, help="CAM network file written by train_cam")
+    p.add_argument("--split", required=True)
+    p.add_argument("--scales", type=float, nargs="+", required=True)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, required=True)
+    p.add_argument("--out", required=True, help="HDF5 CAM file to write")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (per process)")
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    index = DatasetIndex.load(args.index)
+    ids = index.ids(args.split)
+    unlabelled = [i for i in ids if i not in index.labels]
+    if unlabelled:
+        raise KeyError(f"{args.index}: {len(unlabelled)} id(s) of split {args.split!r} have no "
+                       f"image-level labels, e.g. {unlabelled[:5]}")
+    with distributed_session(args.device) as ctx:
+        net, meta = load_cam_net(args.checkpoint, ctx.device)
+        check_meta(args.checkpoint, meta, {"dataset": index.name, "classes": list(index.classes)})
+        file_meta = CamFileMeta(
+            dataset=index.name, split=args.split, classes=tuple(index.classes),
+            backbone=meta["backbone"], scales=tuple(args.scales), flip=args.flip,
+            checkpoint_sha256=file_sha256(args.checkpoint))
+        my_ids = ids[ctx.rank::ctx.world_size]
+        target = shard_path(args.out, ctx.rank) if ctx.distributed else args.out
+        with tqdm(total=len(my_ids), desc=f"CAMs {args.split}", unit="img",
+                  disable=not ctx.is_main) as bar, CamWriter(target, file_meta) as writer:
+            write_cams(net, index, my_ids, writer, args.scales, args.flip, args.batch_size, ctx,
+                       workers=args.workers, on_batch=bar.update)
+        barrier(ctx)
+        if ctx.distributed and ctx.is_main:
+            merge_shards([shard_path(args.out, r) for r in range(ctx.world_size)], args.out, file_meta)
+
+
+if __name__ == "__main__":
+    main()

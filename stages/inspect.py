@@ -1,0 +1,127 @@
+"""Look at intermediate results: list an HDF5 file, or render per-image panels.
+
+``python -m stages.inspect cams.h5`` prints the file's attributes and entries.
+``python -m stages.inspect --index IDX --cams cams.h5 [--labels DIR] --ids ID ... --out-dir DIR``
+writes <id>.png: the image, one CAM heatmap per present class, the pseudo label and the mask.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from stages.data.images import load_rgb
+from stages.data.index import DatasetIndex
+from stages.io.atomic import atomic_path
+from stages.io.cam_store import CamReader
+from stages.io.label_png import colorize, read_label
+
+
+def _format_attr(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return "[" + ", ".join(_format_attr(v) for v in value.tolist()) + "]"
+    return str(value)
+
+
+def describe_hdf5(path: str | os.PathLike, limit: int = 20) -> str:
+    """Attributes of the file and of up to ``limit`` datasets per group, as text."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from exc
+    lines = [f"{path}"]
+    with f:
+        lines += [f"  @{k} = {_format_attr(v)}" for k, v in f.attrs.items()]
+
+        def describe(group: h5py.Group, depth: int) -> None:
+            pad = "  " * depth
+            names = list(group.keys())
+            for name in names[:limit]:
+                obj = group[name]
+                if isinstance(obj, h5py.Group):
+                    lines.append(f"{pad}{name}/  ({len(obj)} entries)")
+                    describe(obj, depth + 1)
+                    continue
+                comp = f", {obj.compression}" if obj.compression else ""
+                attrs = " ".join(f"{k}={_format_attr(v)}" for k, v in obj.attrs.items())
+                lines.append(f"{pad}{name}  {obj.dtype} {obj.shape} chunks={obj.chunks}{comp}  {attrs}")
+            if len(names) > limit:
+                lines.append(f"{pad}... {len(names) - limit} more")
+
+        describe(f, 1)
+    return "\n".join(lines)
+
+
+def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
+    return 0.5 * image / 255.0 + 0.5 * heat
+
+
+def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path: Path,
+                 labels_dir: Path | None = None) -> None:
+    """One row: image, a heatmap per present class, pseudo label (if given), mask (if any)."""
+    image = load_rgb(index.image_path(image_id))
+    entry = reader.read(image_id)
+    if image.shape[:2] != entry.size:
+        raise ValueError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, the image is "
+                         f"{image.shape[:2]}")
+    tiles = [("image", image)]
+    tiles += [(f"CAM {index.classes[c]}", _heatmap(image, cam))
+              for c, cam in zip(entry.class_indices, entry.cams)]
+    if labels_dir is not None:
+        tiles.append(("pseudo label", colorize(read_label(labels_dir / f"{image_id}.png"))))
+    mask_path = index.mask_path(image_id, reader.meta.split)
+    if mask_path.is_file():
+        tiles.append(("ground truth", colorize(read_label(mask_path))))
+    fig = Figure(figsize=(3 * len(tiles), 2.8), layout="constrained")
+    for i, (title, tile) in enumerate(tiles):
+        ax = fig.add_subplot(1, len(tiles), i + 1)
+        ax.imshow(tile)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(image_id, fontsize=10)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("file", nargs="?", help="HDF5 file to list")
+    p.add_argument("--limit", type=int, default=20, help="entries listed per group")
+    p.add_argument("--index", help="data set index JSON (panels)")
+    p.add_argument("--cams", help="CAM file (panels)")
+    p.add_argument("--labels", help="pseudo-label directory (panels, optional)")
+    p.add_argument("--ids", nargs="+", help="image ids to render")
+    p.add_argument("--out-dir", help="where <id>.png panels go")
+    args = p.parse_args(argv)
+    panel_args = (args.index, args.cams, args.ids, args.out_dir)
+    if args.file is None and not all(panel_args):
+        p.error("give an HDF5 file to list, or --index, --cams, --ids and --out-dir for panels")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.file is not None:
+        print(describe_hdf5(args.file, args.limit))
+    if args.cams is None:
+        return
+    index = DatasetIndex.load(args.index)
+    labels_dir = Path(args.labels) if args.labels else None
+    with CamReader(args.cams) as reader:
+        reader.check_matches(index, args.ids)
+        for image_id in args.ids:
+            out = Path(args.out_dir) / f"{image_id}.png"
+            render_panel(index, reader, image_id, out, labels_dir)
+            print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""CAM store: one HDF5 file per (CAM run, split), streamed in and out one image at a time.
+
+Layout (format version 1)::
+
+    cams.h5
+    |-- attrs   format_version  1
+    |           dataset         data set name (DatasetIndex.name)
+    |           split           split the CAMs were computed for
+    |           classes         class names, background at 0 (array of strings)
+    |           backbone        CAM network backbone
+    |           scales          inference scales (float array); flip: bool
+    |           checkpoint_sha256  short hash of the model file that made the CAMs
+    |           source          the stage that wrote the file (infer_cam, or a refinement)
+    |           num_images      written last: a file without it was never finished
+    `-- cams/<image_id>         float16 (K, H, W) at image resolution, values in [0, 1]
+                                (ReLU, then divided by each class's maximum);
+                                K = the image's present foreground classes; one chunk per image,
+                                gzip + shuffle compressed
+        attrs   class_indices   int16 (K,), indices into ``classes`` (1..C-1), one per channel
+                height, width   image size in pixels
+
+Reading one image with plain h5py::
+
+    import h5py
+    with h5py.File("cams.h5", "r") as f:
+        cams, classes = f["cams/2007_000032"][()], f["cams/2007_000032"].attrs["class_indices"]
+
+Writers fill a temporary sibling name and rename it when the last entry is in, so a killed job
+leaves nothing under the output name; readers also refuse a file without ``num_images``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from stages.data.index import DatasetIndex
+from stages.io.atomic import atomic_path
+
+FORMAT_VERSION = 1
+GROUP = "cams"
+# Whole-entry chunks keep an image one read. gzip is built into every HDF5, so plain h5py and
+# h5ls open the file; with byte shuffle it stores float16 CAMs in about 40% of their size, and
+# level 1 writes fastest at nearly the ratio of higher levels (benchmarks/cam_store.py).
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 1
+_TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")
+
+
+@dataclass(frozen=True)
+class CamFileMeta:
+    """What made a CAM file; stored as file attributes and compared with the index on read."""
+
+    dataset: str
+    split: str
+    classes: tuple[str, ...]
+    backbone: str
+    scales: tuple[float, ...]
+    flip: bool
+    checkpoint_sha256: str
+    source: str = "infer_cam"
+
+    def to_attrs(self) -> dict[str, object]:
+        return {
+            "format_version": FORMAT_VERSION, "dataset": self.dataset, "split": self.split,
+            "classes": np.array(self.classes, dtype=h5py.string_dtype()),
+            "backbone": self.backbone, "scales": np.asarray(self.scales, dtype=np.float64),
+            "flip": bool(self.flip), "checkpoint_sha256": self.checkpoint_sha256,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_attrs(cls, path: Path, attrs: h5py.AttributeManager) -> "CamFileMeta":
+        try:
+            return cls(
+                dataset=_as_str(attrs["dataset"]), split=_as_str(attrs["split"]),
+                classes=tuple(_as_str(c) for c in attrs["classes"]),
+                backbone=_as_str(attrs["backbone"]),
+                scales=tuple(float(s) for s in attrs["scales"]), flip=bool(attrs["flip"]),
+                checkpoint_sha256=_as_str(attrs["checkpoint_sha256"]), source=_as_str(attrs["source"]),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{path}: CAM file lacks attribute {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class CamEntry:
+    """One image's CAMs: channel k belongs to class ``class_indices[k]`` of the file's class list."""
+
+    cams: np.ndarray  # float32 (K, H, W)
+    class_indices: np.ndarray  # int64 (K,)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.cams.shape[1]), int(self.cams.shape[2])
+
+
+def _as_str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def shard_path(path: str | os.PathLike, rank: int) -> Path:
+    """Where one DDP rank writes its part; hidden, so nothing downstream mistakes it for output."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.shard{rank}")
+
+
+class CamWriter:
+    """Streams entries into a temporary file and renames it onto ``path`` on a clean exit.
+
+    Use as a context manager; an exception inside the block removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: CamFileMeta) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self._stack = contextlib.ExitStack()
+        self._file: h5py.File | None = None
+        self._group: h5py.Group | None = None
+        self._count = 0
+
+    def __enter__(self) -> "CamWriter":
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._file = self._stack.enter_context(h5py.File(tmp, "w"))
+        self._file.attrs.update(self.meta.to_attrs())
+        self._group = self._file.create_group(GROUP)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None and self._file is not None:
+            self._file.attrs["num_images"] = self._count
+        return self._stack.__exit__(exc_type, exc, tb)
+
+    def _check_new(self, image_id: str) -> None:
+        if self._group is None:
+            raise RuntimeError(f"{self.path}: CamWriter used outside its 'with' block")
+        if "/" in image_id or image_id in ("", ".", ".."):
+            raise ValueError(f"{self.path}: image id {image_id!r} cannot be an HDF5 entry name")
+        if image_id in self._group:
+            raise ValueError(f"{self.path}: image id {image_id!r} written twice")
+
+    def write(self, image_id: str, cams: np.ndarray, class_indices: Sequence[int]) -> None:
+        """Store one image's CAMs (K, H, W) for the K listed classes; written to disk at once."""
+        self._check_new(image_id)
+        cams = np.asarray(cams)
+        idx = np.asarray(class_indices, dtype=np.int16).reshape(-1)
+        if cams.ndim != 3 or cams.shape[0] != idx.size:
+            raise ValueError(f"{self.path}: {image_id}: CAMs of shape {cams.shape} do not match "
+                             f"{idx.size} class indices")
+        if idx.size and (idx.min() < 1 or idx.max() >= len(self.meta.classes)):
+            raise ValueError(f"{self.path}: {image_id}: class indices {idx.tolist()} outside "
+                             f"1..{len(self.meta.classes) - 1}")
+        data = cams.astype(np.float16)
+        if data.size:
+            ds = self._group.create_dataset(image_id, data=data, chunks=data.shape, shuffle=True,
+                                            compression=COMPRESSION, compression_opts=COMPRESSION_LEVEL)
+        else:  # an image with no foreground class: HDF5 cannot chunk an empty extent
+            ds = self._group.create_dataset(image_id, data=data)
+        ds.attrs["class_indices"] = idx
+        ds.attrs["height"], ds.attrs["width"] = cams.shape[1], cams.shape[2]
+        self._count += 1
+
+    def copy_entries(self, reader: "CamReader") -> None:
+        """Copy every entry of another file as stored (compressed chunks are not re-encoded)."""
+        for image_id in reader.ids():
+            self._check_new(image_id)
+            reader._file.copy(reader._file[GROUP][image_id], self._group, name=image_id)
+            self._count += 1
+
+
+class CamReader:
+    """Lazy read access: opening reads attributes and names only; entries load one at a time."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if _TEMP_NAME.match(self.path.name):
+            raise ValueError(f"{self.path}: this is a temporary file still being written (or left by "
+                             f"a killed job); read the finished file instead")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: CAM file not found")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ValueError(f"{self.path}: not a readable HDF5 CAM file (corrupt or truncated?): "
+                             f"{exc}") from exc
+        try:
+            self._check_layout()
+            self.meta = CamFileMeta.from_attrs(self.path, self._file.attrs)
+        except Exception:
+            self._file.close()
+            raise
+
+    def _check_layout(self) -> None:
+        attrs = self._file.attrs
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{self.path}: CAM file format version {version} (expected {FORMAT_VERSION})")
+        if GROUP not in self._file:
+            raise ValueError(f"{self.path}: no '{GROUP}' group; not a CAM file")
+        if "num_images" not in attrs:
+            raise ValueError(f"{self.path}: CAM file was never finished (no num_images attribute)")
+        if int(attrs["num_images"]) != len(self._file[GROUP]):
+            raise ValueError(f"{self.path}: holds {len(self._file[GROUP])} entries but says "
+                             f"{int(attrs['num_images'])}; the file is damaged")
+
+    def __enter__(self) -> "CamReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return len(self._file[GROUP])
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._file[GROUP]
+
+    def ids(self) -> list[str]:
+        return list(self._file[GROUP].keys())
+
+    def read(self, image_id: str) -> CamEntry:
+        group = self._file[GROUP]
+        ds = group.get(image_id)
+        if ds is None:
+            raise KeyError(f"{self.path}: image id {image_id!r} is not in this CAM file "
+                           f"({len(group)} entries, split {self.meta.split!r})")
+        try:
+            cams = ds[()].astype(np.float32)
+        except OSError as exc:
+            raise ValueError(f"{self.path}: entry {image_id!r} cannot be read (corrupt or "
+                             f"truncated file?): {exc}") from exc
+        return CamEntry(cams=cams, class_indices=np.asarray(ds.attrs["class_indices"], dtype=np.int64))
+
+    def entries(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, CamEntry]]:
+        """Yield (id, entry) one at a time, so memory does not grow with the number of images."""
+        for image_id in (self.ids() if ids is None else ids):
+            yield image_id, self.read(image_id)
+
+    def check_matches(self, index: DatasetIndex, ids: Iterable[str] = ()) -> None:
+        """Refuse CAMs made for another data set or class list, or lacking any of ``ids``."""
+        if self.meta.dataset != index.name or list(self.meta.classes) != list(index.classes):
+            raise ValueError(
+                f"{self.path}: CAM file was made for data set {self.meta.dataset!r} with classes "
+                f"{list(self.meta.classes)}, but the index is {index.name!r} with classes {index.classes}")
+        missing = [i for i in ids if i not in self]
+        if missing:
+            raise KeyError(f"{self.path}: {len(missing)} image id(s) missing from the CAM file "
+                           f"(split {self.meta.split!r}), e.g. {missing[:5]}")
+
+
+def merge_shards(shards: Sequence[str | os.PathLike], path: str | os.PathLike, meta: CamFileMeta) -> None:
+    """Join per-rank shard files into one CAM file (atomically), then delete the shards."""
+    with CamWriter(path, meta) as writer:
+        for shard in shards:
+            with CamReader(shard) as reader:
+                writer.copy_entries(reader)
+    for shard in shards:
+        Path(shard).unlink()

@@ -1,0 +1,1 @@
+"""Pseudo labels from CAMs: background threshold, ignore band, dense CRF."""

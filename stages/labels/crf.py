@@ -1,0 +1,47 @@
+"""Fully connected CRF (Kraehenbuehl and Koltun) over any number of labels, via pydensecrf2.
+
+Cost grows with the number of labels, so callers pass only the labels that can occur in the
+image (present classes plus background) rather than the whole class list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+
+_MIN_PROB = 1e-8
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Mean-field iterations and the two pairwise kernels (positions in px, colours in 0..255)."""
+
+    iterations: int
+    gaussian_sxy: float
+    gaussian_compat: float
+    bilateral_sxy: float
+    bilateral_srgb: float
+    bilateral_compat: float
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Refine per-pixel label probabilities (K, H, W) with the image's colours; returns (K, H, W).
+
+    The unary is -log(probs); take ``argmax(axis=0)`` of the result for a label map.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"dense_crf needs an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
+        raise ValueError(f"probabilities {probs.shape} do not match the image {image.shape[:2]}")
+    k, h, w = probs.shape
+    if k == 1:  # nothing to decide, and pydensecrf rejects a single label
+        return np.ones((1, h, w), dtype=np.float32)
+    unary = -np.log(np.clip(probs, _MIN_PROB, None)).reshape(k, h * w)
+    crf = dcrf.DenseCRF2D(w, h, k)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
+                             rgbim=np.ascontiguousarray(image), compat=params.bilateral_compat)
+    q = crf.inference(params.iterations)
+    return np.asarray(q, dtype=np.float32).reshape(k, h, w)

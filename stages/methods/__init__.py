@@ -1,0 +1,1 @@
+"""Segmenter training methods: the interface (base), one module per method, the registry."""

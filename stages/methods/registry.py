@@ -1,0 +1,57 @@
+"""Methods by name. Adding one = one module, one entry in ``METHODS``, and its options in the schema."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from stages.io.checkpoint import load_checkpoint
+from stages.methods.base import Method, TrainInputs
+from stages.methods.ce import CrossEntropy
+from stages.models.segmenter import SegmenterSpec
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CrossEntropy,)}
+
+
+def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
+    """The method called ``name``, configured with ``options`` (its dataclass fields)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; "
+                         f"its options: {', '.join(sorted(accepted)) or 'none'}")
+    return cls(**(options or {}))
+
+
+def missing_inputs(method: Method, inputs: TrainInputs) -> list[str]:
+    """The cache items ``method`` needs that ``inputs`` does not provide."""
+    provided = {
+        "pseudo_labels": inputs.pseudo_labels is not None,
+        "scribbles": inputs.index.scribble_dir is not None,
+        "cam_checkpoint": inputs.cam_checkpoint is not None,
+    }
+    return sorted(need for need in method.needs if not provided[need])
+
+
+def load_trained_model(path: str | os.PathLike, device: str | torch.device) -> tuple[nn.Module, dict]:
+    """Rebuild the model train_seg saved at ``path`` (through its method) in eval mode, with its meta."""
+    state = load_checkpoint(path)
+    if "model" not in state or "meta" not in state:
+        raise ValueError(f"{path}: not a trained segmenter file (needs 'model' and 'meta')")
+    meta = state["meta"]
+    method = get_method(meta["method"], meta["method_options"])
+    # weights="none": the saved state replaces whatever the backbone started from
+    spec = SegmenterSpec(backbone=meta["backbone"], decoder=meta["decoder"], num_classes=len(meta["classes"]))
+    model = method.build_model(spec)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit a {spec.backbone}/{spec.decoder} {meta['method']} model: "
+                         f"{exc}") from exc
+    return model.to(device).eval(), meta

@@ -1,0 +1,1 @@
+"""Networks: timm backbones with offline weights, and the CAM classification network."""

@@ -1,0 +1,52 @@
+"""Backbones: timm ``features_only`` models, with pretrained weights from local files only.
+
+timm is the registry; this module only decides where weights come from, because nothing can be
+downloaded on the machines this runs on: ``none`` (random init), ``efficientnet_lite0_imagenet``
+(the real ImageNet weights of the installable package, see efficientnet_lite0.py), or a local
+.pth/.safetensors file passed to timm through ``pretrained_cfg_overlay`` so that timm's own key
+filters (e.g. dropping the classifier) still apply.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from stages.models import efficientnet_lite0
+
+TESTED_BACKBONES = ("resnet18", "resnet50", "resnet101", "convnextv2_nano", "efficientnet_lite0")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+EFFICIENTNET_LITE0_IMAGENET = "efficientnet_lite0_imagenet"
+
+
+def create_backbone(name: str, weights: str = "none") -> nn.Module:
+    """A timm features_only model returning every stage's feature map.
+
+    Callers read ``.feature_info.channels()`` / ``.reduction()`` instead of hard-coding widths.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone {name!r}: not a timm model (tested: {', '.join(TESTED_BACKBONES)})")
+    if weights == "none":
+        return timm.create_model(name, features_only=True, pretrained=False)
+    if weights == EFFICIENTNET_LITE0_IMAGENET:
+        if name != efficientnet_lite0.TIMM_NAME:
+            raise ValueError(f"weights {weights!r} exist only for backbone {efficientnet_lite0.TIMM_NAME!r}, "
+                             f"not for backbone {name!r}")
+        model = timm.create_model(name, features_only=True, pretrained=False)
+        efficientnet_lite0.load_into_features(model)
+        return model
+    return _from_file(name, Path(weights))
+
+
+def _from_file(name: str, path: Path) -> nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} not found (weights must be 'none', "
+                                f"{EFFICIENTNET_LITE0_IMAGENET!r} or an existing {'/'.join(WEIGHT_SUFFIXES)} file)")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"backbone weights file {path}: expected a {'/'.join(WEIGHT_SUFFIXES)} file")
+    try:
+        return timm.create_model(name, features_only=True, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"backbone weights file {path} does not fit backbone {name!r}: {exc}") from exc

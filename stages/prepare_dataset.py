@@ -1,0 +1,85 @@
+"""Stage: make the data set's index (and, for toy and voc, the data set itself).
+
+    python -m stages.prepare_dataset --kind toy --index OUT.json --root DIR --num-classes N ...
+    python -m stages.prepare_dataset --kind voc --index OUT.json --root DIR --download-dir DIR ...
+    python -m stages.prepare_dataset --kind folder --index OUT.json --path DIR --labels auto
+
+Each kind needs its own flags (see --help); a missing one is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from stages.data.toy import generate_toy
+from stages.data.voc_folder import LABEL_SOURCES, prepare_voc, read_voc_folder
+
+KIND_FLAGS = {
+    "toy": ("root", "num_classes", "num_train_aug", "num_train", "num_val", "min_size", "max_size", "seed"),
+    "voc": ("root", "download_dir", "retries", "archives"),
+    "folder": ("path", "labels"),
+}
+
+
+def _archives(text: str) -> dict:
+    try:
+        archives = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--archives is not JSON ({exc})") from exc
+    if not isinstance(archives, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("url"), str) for v in archives.values()):
+        raise argparse.ArgumentTypeError('--archives must map names to {"url": ..., "md5": ...|null}')
+    return archives
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stages.prepare_dataset", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", required=True, choices=sorted(KIND_FLAGS))
+    p.add_argument("--index", required=True, help="where to write the index JSON")
+    p.add_argument("--root", help="toy: folder to generate into; voc: folder to extract into")
+    toy = p.add_argument_group("toy")
+    toy.add_argument("--num-classes", type=int, help="object classes (background is added)")
+    toy.add_argument("--num-train-aug", type=int)
+    toy.add_argument("--num-train", type=int, help="first N of train_aug, for CAM evaluation")
+    toy.add_argument("--num-val", type=int)
+    toy.add_argument("--min-size", type=int, help="smallest image side (px)")
+    toy.add_argument("--max-size", type=int, help="largest image side (px)")
+    toy.add_argument("--seed", type=int)
+    voc = p.add_argument_group("voc")
+    voc.add_argument("--devkit", help="an existing VOCdevkit/VOC2012: read in place, no download")
+    voc.add_argument("--download-dir", help="where archives are downloaded (and looked for)")
+    voc.add_argument("--retries", type=int, help="extra attempts per download")
+    voc.add_argument("--archives", type=_archives, help='JSON: {"name": {"url": ..., "md5": ...|null}}')
+    folder = p.add_argument_group("folder")
+    folder.add_argument("--path", help="a VOC-format folder, read in place")
+    folder.add_argument("--labels", choices=LABEL_SOURCES, help="where image-level labels come from")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = [f"--{name.replace('_', '-')}" for name in KIND_FLAGS[args.kind] if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--kind {args.kind} needs {' '.join(missing)}")
+    if args.kind == "toy":
+        index = generate_toy(args.root, num_classes=args.num_classes, num_train_aug=args.num_train_aug,
+                             num_train=args.num_train, num_val=args.num_val, min_size=args.min_size,
+                             max_size=args.max_size, seed=args.seed, progress=args.progress)
+    elif args.kind == "voc":
+        index = prepare_voc(args.root, args.download_dir, args.archives, args.retries,
+                            devkit=args.devkit, progress=args.progress)
+    else:
+        index = read_voc_folder(args.path, args.labels, progress=args.progress)
+    index.save(args.index)
+    sizes = ", ".join(f"{split} {len(ids)}" for split, ids in index.splits.items())
+    print(f"{index.name}: {index.num_classes} classes, {sizes}; index written to {args.index}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

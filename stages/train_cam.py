@@ -1,0 +1,103 @@
+"""Train the CAM network: a multi-label image classifier whose class maps become the CAMs.
+
+Runs on CPU, one GPU, or several through ``torchrun`` (DDP; gloo on CPU). Resumes from
+``--checkpoint`` when it exists; ``--out`` is written only once training finished with finite
+weights, so its presence means a complete model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from stages.data.classification import ClassificationDataset
+from stages.data.index import DatasetIndex
+from stages.data.transforms import AugmentConfig
+from stages.io.checkpoint import save_checkpoint
+from stages.models.cam_net import POOLINGS, CAMNet
+from stages.runtime.distributed import distributed_session
+from stages.runtime.optim import build_optimizer, poly_schedule
+from stages.runtime.trainer import LoopConfig, NonFiniteLossError, train_loop
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--index", type=Path, required=True, help="data set index JSON (prepare stage)")
+    p.add_argument("--split", required=True, help="split to train on, e.g. train_aug")
+    p.add_argument("--out", type=Path, required=True, help="final model file, written at the end")
+    p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state")
+    p.add_argument("--metrics", type=Path, required=True, help="per-step metrics CSV")
+    p.add_argument("--backbone", required=True, help="timm model name, e.g. resnet18")
+    p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet, or a .pth/.safetensors")
+    p.add_argument("--pooling", choices=POOLINGS, required=True)
+    p.add_argument("--crop-size", type=int, required=True)
+    p.add_argument("--scale-range", type=float, nargs=2, required=True, metavar=("MIN", "MAX"))
+    p.add_argument("--color-jitter", type=float, required=True)
+    p.add_argument("--batch-size", type=int, required=True, help="per process")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--head-lr-mult", type=float, required=True, help="lr factor of the new classifier")
+    p.add_argument("--weight-decay", type=float, required=True)
+    p.add_argument("--checkpoint-every", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--num-workers", type=int, required=True)
+    p.add_argument("--on-nonfinite", choices=("stop", "skip"), required=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p.parse_args(argv)
+
+
+def classification_step(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Multi-label soft-margin loss, computed in float32 even under bf16 autocast."""
+    logits = net(batch["image"])
+    return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["labels"])}
+
+
+def run_meta(args: argparse.Namespace, index: DatasetIndex, world_size: int) -> dict[str, Any]:
+    """What the model is (read by load_cam_net) plus everything that shapes the training result.
+
+    The trainer refuses to resume a checkpoint whose meta differs, so a changed backbone, data
+    set or hyperparameter never silently continues an old run.
+    """
+    return {
+        "backbone": args.backbone, "weights": args.weights, "pooling": args.pooling,
+        "num_classes": index.num_classes - 1, "classes": list(index.classes), "dataset": index.name,
+        "train": {"split": args.split, "crop_size": args.crop_size, "scale_range": list(args.scale_range),
+                  "color_jitter": args.color_jitter, "batch_size": args.batch_size, "steps": args.steps,
+                  "optimizer": args.optimizer, "lr": args.lr, "head_lr_mult": args.head_lr_mult,
+                  "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world_size},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    index = DatasetIndex.load(args.index)
+    aug = AugmentConfig(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
+                        color_jitter=args.color_jitter)
+    dataset = ClassificationDataset(index, args.split, aug, args.seed)
+    with distributed_session(args.device) as ctx:
+        meta = run_meta(args, index, ctx.world_size)
+        torch.manual_seed(args.seed)
+        model = CAMNet(args.backbone, meta["num_classes"], weights=args.weights, pooling=args.pooling)
+        optimizer = build_optimizer(args.optimizer, model.param_groups(args.head_lr_mult), args.lr,
+                                    args.weight_decay)
+        scheduler = poly_schedule(optimizer, args.steps)
+        loop = LoopConfig(steps=args.steps, batch_size=args.batch_size,
+                          checkpoint_every=args.checkpoint_every, seed=args.seed,
+                          num_workers=args.num_workers, on_nonfinite=args.on_nonfinite)
+        try:
+            train_loop(model, optimizer, scheduler, dataset, classification_step, loop, ctx,
+                       args.checkpoint, args.metrics, meta)
+        except NonFiniteLossError as exc:
+            sys.exit(f"train_cam: {exc}; no model written to {args.out}")
+        if ctx.is_main:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_checkpoint(args.out, {"model": weights, "meta": meta})
+
+
+if __name__ == "__main__":
+    main()

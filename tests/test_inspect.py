@@ -1,0 +1,65 @@
+"""stages.inspect: listing an HDF5 file and rendering inspection panels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import inspect as inspect_stage
+from stages.data.index import DatasetIndex
+from stages.io.cam_store import CamFileMeta, CamWriter
+from stages.io.label_png import write_label
+
+CLASSES = ["background", "cat", "dog"]
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    root = tmp_path / "data"
+    (root / "JPEGImages").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(root / "JPEGImages" / "im1.jpg")
+    mask = np.zeros((24, 32), np.uint8)
+    mask[5:15, 8:20] = 2
+    write_label(root / "SegmentationClass" / "im1.png", mask)
+    write_label(tmp_path / "labels" / "im1.png", mask)
+    index = DatasetIndex(name="tiny", root=root, classes=CLASSES, splits={"train": ["im1"]},
+                         labels={"im1": [1, 2]})
+    index.save(tmp_path / "index.json")
+    meta = CamFileMeta("tiny", "train", tuple(CLASSES), "resnet18", (1.0, 0.5), True, "feedbeef")
+    with CamWriter(tmp_path / "cams.h5", meta) as writer:
+        writer.write("im1", rng.random((2, 24, 32)), [1, 2])
+    return {"index": tmp_path / "index.json", "cams": tmp_path / "cams.h5", "labels": tmp_path / "labels"}
+
+
+def test_list_shows_attributes_and_entries(files, capsys):
+    inspect_stage.main([str(files["cams"])])
+    text = capsys.readouterr().out
+    for expected in ("@dataset = tiny", "@classes = [background, cat, dog]", "@checkpoint_sha256 = feedbeef",
+                     "@num_images = 1", "cams/  (1 entries)", "im1  float16 (2, 24, 32)", "gzip",
+                     "class_indices=[1, 2]"):
+        assert expected in text
+
+
+def test_panel_is_rendered(files, tmp_path):
+    out_dir = tmp_path / "panels"
+    inspect_stage.main(["--index", str(files["index"]), "--cams", str(files["cams"]),
+                        "--labels", str(files["labels"]), "--ids", "im1", "--out-dir", str(out_dir)])
+    assert [p.name for p in out_dir.iterdir()] == ["im1.png"]
+    with Image.open(out_dir / "im1.png") as im:
+        # image, two CAMs, pseudo label, ground truth: five tiles side by side
+        assert im.width > 4 * im.height
+
+
+def test_errors_name_the_file_or_id(files, tmp_path):
+    with pytest.raises(KeyError, match="nope"):
+        inspect_stage.main(["--index", str(files["index"]), "--cams", str(files["cams"]),
+                            "--ids", "nope", "--out-dir", str(tmp_path / "p")])
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(files["cams"].read_bytes()[:500])
+    with pytest.raises(ValueError, match=str(broken)):
+        inspect_stage.main([str(broken)])
+    with pytest.raises(SystemExit):
+        inspect_stage.main(["--ids", "im1"])

@@ -1,0 +1,93 @@
+"""summary: the table built from hand-written stage outputs, its Markdown, and the plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stages import summary
+
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "best.json").write_text(json.dumps({"threshold": 0.26, "miou": 0.4125}))
+    (tmp_path / "pseudo_none.csv").write_text("miou,precision,coverage,n_images\n0.5,0.8,0.9,100\n")
+    (tmp_path / "pseudo_plmix.csv").write_text("miou,precision,coverage,n_images\n0.55,0.82,0.85,100\n")
+    (tmp_path / "eval_ce.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.6,0.9,50\n"
+                                          "multiscale,0.62,0.91,50\n")
+    (tmp_path / "eval_rss.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.64,0.9,50\n"
+                                           "multiscale,0.65,0.91,50\nmultiscale+crf,0.67,0.92,50\n")
+    (tmp_path / "train_cam.csv").write_text("step,epoch,loss,lr,img_per_s,skipped\n1,0,0.7,0.01,10,0\n"
+                                            "2,0,0.6,0.005,11,0\n")
+    (tmp_path / "train_ce.csv").write_text("step,epoch,loss,ce,lr,img_per_s,skipped\n1,0,2.0,2.0,0.01,5,0\n"
+                                           "2,0,1.5,1.5,0.005,5,0\n")
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "train_cam.tsv").write_text(BENCHMARK_HEADER + "120.5\t0:02:00\t1\t1\t1\t1\t1\t1\t1\t1\n")
+    (bench / "train_seg-ce.tsv").write_text(BENCHMARK_HEADER + "30.0\t0:00:30\t1\t1\t1\t1\t1\t1\t1\t1\n"
+                                            "40.0\t0:00:40\t1\t1\t1\t1\t1\t1\t1\t1\n")
+    return {"dir": tmp_path, "bench": bench}
+
+
+def cli(d: Path) -> list[str]:
+    return ["--cam-sweep-best", str(d / "best.json"),
+            "--pseudo", f"none={d / 'pseudo_none.csv'}", f"plmix={d / 'pseudo_plmix.csv'}",
+            "--variant", f"ce={d / 'eval_ce.csv'}", f"rss={d / 'eval_rss.csv'}",
+            "--train-metrics", f"cam={d / 'train_cam.csv'}", f"ce={d / 'train_ce.csv'}",
+            "--benchmarks", str(d / "benchmarks"), "--out-csv", str(d / "out" / "summary.csv"),
+            "--out-md", str(d / "out" / "summary.md"), "--out-plot-variants", str(d / "out" / "variants.png"),
+            "--out-plot-curves", str(d / "out" / "curves.png")]
+
+
+def test_table_contents(inputs) -> None:
+    d = inputs["dir"]
+    summary.main(cli(d))
+    table = pd.read_csv(d / "out" / "summary.csv")
+    assert table.columns.tolist() == summary.COLUMNS
+    rows = {(r.stage, r.name): r for r in table.itertuples()}
+    assert list(rows) == [("cam", "cam"), ("pseudo_labels", "none"), ("pseudo_labels", "plmix"),
+                          ("segmentation", "ce"), ("segmentation", "rss"), ("train_cam", "-"),
+                          ("train_seg", "ce")]
+    cam = rows["cam", "cam"]
+    assert cam.miou == 0.4125 and cam.threshold == 0.26
+    plmix = rows["pseudo_labels", "plmix"]
+    assert (plmix.miou, plmix.precision, plmix.coverage) == (0.55, 0.82, 0.85)
+    ce, rss = rows["segmentation", "ce"], rows["segmentation", "rss"]
+    assert (ce.miou, ce.miou_multiscale) == (0.6, 0.62) and pd.isna(ce.miou_multiscale_crf)
+    assert (rss.miou, rss.miou_multiscale, rss.miou_multiscale_crf) == (0.64, 0.65, 0.67)
+    assert rows["train_cam", "-"].seconds == 120.5
+    assert rows["train_seg", "ce"].seconds == 35.0  # mean of a repeated benchmark
+    assert pd.isna(rows["train_seg", "ce"].miou)
+
+    md = (d / "out" / "summary.md").read_text().splitlines()
+    assert md[0].startswith("| stage | name | miou |") and len(md) == 2 + 7
+    assert "| segmentation | rss | 0.6400 | 0.6500 | 0.6700 |" in md[6]
+    assert md[-1].startswith("| train_seg | ce |") and md[-1].endswith("| 35.0 |")
+    for png in ("variants.png", "curves.png"):
+        with Image.open(d / "out" / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_columns_nobody_filled_are_dropped(inputs) -> None:
+    d = inputs["dir"]
+    table = summary.summary_table(d / "best.json", {}, {"ce": d / "eval_ce.csv"}, d / "missing")
+    assert table.columns.tolist() == ["stage", "name", "miou", "miou_multiscale", "threshold"]
+
+
+def test_bad_inputs_are_named(inputs) -> None:
+    d = inputs["dir"]
+    with pytest.raises(ValueError, match="expected NAME=PATH"):
+        summary.named_paths(["nopath"], "--variant")
+    with pytest.raises(ValueError, match="given twice"):
+        summary.named_paths(["a=x", "a=y"], "--variant")
+    (d / "bad.csv").write_text("mode,score\nsingle,1\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) miou"):
+        summary.variant_rows({"x": d / "bad.csv"})
+    (inputs["bench"] / "broken-x.tsv").write_text("seconds\n1\n")
+    with pytest.raises(ValueError, match=r"broken-x\.tsv: not a Snakemake benchmark"):
+        summary.benchmark_rows(inputs["bench"])

@@ -1,0 +1,160 @@
+"""train_seg with the ``ce`` method on a tiny toy set whose pseudo labels are its GT masks."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from stages import train_seg
+from stages.data.index import DatasetIndex
+from stages.data.segmentation import SegmentationDataset, label_dir_source
+from stages.data.toy import generate_toy
+from stages.data.transforms import AugmentConfig
+from stages.io.checkpoint import load_checkpoint, save_checkpoint
+from stages.io.label_png import IGNORE
+from stages.methods.registry import load_trained_model
+from stages.models.cam_net import CAMNet
+
+TIMING_COLUMNS = ["img_per_s"]  # wall-clock throughput differs between any two runs
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, Path]:
+    """(index.json, pseudo-label folder) where the pseudo labels are copies of the GT masks."""
+    root = tmp_path_factory.mktemp("toy")
+    index = generate_toy(root / "data", num_classes=3, num_train_aug=12, num_train=4, num_val=4,
+                         min_size=48, max_size=72, seed=0)
+    index.save(root / "index.json")
+    labels = root / "pseudo"
+    labels.mkdir()
+    for image_id in index.ids("train_aug"):
+        shutil.copy(index.mask_path(image_id, "train_aug"), labels / f"{image_id}.png")
+    return root / "index.json", labels
+
+
+def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> list[str]:
+    """The stage's full command line for a tiny run; ``overrides`` use the flag names with _."""
+    opts = {"split": "train_aug", "method": "ce", "pseudo_labels": labels, "backbone": "resnet18",
+            "weights": "none", "decoder": "mlp", "out": out_dir / "model.pt", "checkpoint": out_dir / "ckpt.pt",
+            "metrics": out_dir / "metrics.csv", "crop_size": 48, "scale_range": [0.8, 1.2],
+            "color_jitter": 0.2, "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01,
+            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0,
+            "num_workers": 0, "on_nonfinite": "stop", "device": "cpu", **overrides}
+    argv = ["--index", str(index)]
+    for key, value in opts.items():
+        if value is None:
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return argv
+
+
+def stage_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_dataset_crops_and_labels(toy) -> None:
+    index_path, labels = toy
+    index = DatasetIndex.load(index_path)
+    ids = index.ids("train_aug")
+    ds = SegmentationDataset(index, "train_aug", label_dir_source(labels, ids), AugmentConfig(crop_size=40), seed=1)
+    item = ds[2]
+    assert item["image"].shape == (3, 40, 40) and item["label"].shape == (40, 40)
+    assert item["label"].dtype == torch.int64
+    values = set(item["label"].unique().tolist())
+    assert values <= set(range(index.num_classes)) | {IGNORE}
+    assert torch.equal(ds[2]["label"], item["label"])  # same epoch, same crop
+    ds.set_epoch(1)
+    assert not torch.equal(ds[2]["image"], item["image"])
+
+
+def test_missing_pseudo_labels_named(toy, tmp_path: Path) -> None:
+    index_path, labels = toy
+    partial = tmp_path / "partial"
+    shutil.copytree(labels, partial)
+    ids = sorted(p.stem for p in partial.glob("*.png"))
+    for image_id in ids[:2]:
+        (partial / f"{image_id}.png").unlink()
+    with pytest.raises(ValueError, match=rf"partial: 2 of 12 .*{ids[0]}, {ids[1]}"):
+        train_seg.main(cli_args(index_path, partial, tmp_path))
+    with pytest.raises(ValueError, match="needs --pseudo-labels"):
+        train_seg.main(cli_args(index_path, None, tmp_path))
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_trains_writes_model_metrics_and_inits_from_cam(toy, tmp_path: Path) -> None:
+    index_path, labels = toy
+    cam = CAMNet("resnet18", num_classes=3)
+    cam_meta = {"backbone": "resnet18", "weights": "none", "pooling": "gap", "num_classes": 3,
+                "classes": DatasetIndex.load(index_path).classes, "dataset": "toy"}
+    save_checkpoint(tmp_path / "cam.pt", {"model": cam.state_dict(), "meta": cam_meta})
+    # lr 0: the copied backbone must come out of training untouched (BN running stats aside)
+    train_seg.main(cli_args(index_path, labels, tmp_path, init_from_cam=tmp_path / "cam.pt", lr=0.0,
+                            decoder="aspp"))
+    model, meta = load_trained_model(tmp_path / "model.pt", "cpu")
+    assert meta["method"] == "ce" and meta["decoder"] == "aspp" and meta["init_from_cam"]
+    cam_state = cam.backbone.state_dict()
+    for name, value in model.backbone.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, cam_state[name]), name
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["step"]) == [1, 2, 3, 4]
+    assert {"loss", "lr", "img_per_s"} <= set(metrics.columns) and (metrics["loss"] > 0).all()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 50, 61)).shape == (1, 4, 50, 61)
+
+    other_meta = dict(cam_meta, backbone="efficientnet_lite0")
+    save_checkpoint(tmp_path / "other_cam.pt", {"model": CAMNet("efficientnet_lite0", 3).state_dict(),
+                                                "meta": other_meta})
+    with pytest.raises(ValueError, match=r"other_cam\.pt.*must match"):
+        train_seg.main(cli_args(index_path, labels, tmp_path / "other", init_from_cam=tmp_path / "other_cam.pt"))
+
+
+def test_resume_after_sigkill_matches_uninterrupted(toy, tmp_path: Path) -> None:
+    index_path, labels = toy
+    steps = {"steps": 10, "checkpoint_every": 3, "lr": 0.02}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    train_seg.main(cli_args(index_path, labels, whole, **steps))
+    loss = pd.read_csv(whole / "metrics.csv")["loss"]
+    assert loss.iloc[-3:].mean() < loss.iloc[:3].mean(), "ce does not learn the masks it is given"
+
+    command = [sys.executable, "-m", "stages.train_seg", *cli_args(index_path, labels, killed, **steps)]
+    killed.mkdir()
+    with open(killed / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env=stage_env(), stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while not (killed / "ckpt.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (killed / "first.log").read_text()[-2000:]
+    assert not (killed / "model.pt").exists(), "run finished before it could be killed"
+    assert load_checkpoint(killed / "ckpt.pt")["step"] < steps["steps"]
+
+    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
+    a, b = load_checkpoint(whole / "model.pt")["model"], load_checkpoint(killed / "model.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "metrics.csv").drop(columns=TIMING_COLUMNS),
+                                  pd.read_csv(killed / "metrics.csv").drop(columns=TIMING_COLUMNS))
+
+
+def test_torchrun_two_processes_gloo(toy, tmp_path: Path) -> None:
+    index_path, labels = toy
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stages.train_seg",
+               *cli_args(index_path, labels, tmp_path, steps=2, batch_size=2)]
+    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, meta = load_trained_model(tmp_path / "model.pt", "cpu")
+    assert meta["train"]["world_size"] == 2
+    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [1, 2]
