@@ -1,7 +1,10 @@
 # Label-efficient semantic segmentation: weak labels -> CAMs -> pseudo labels -> segmenters.
 # A table of contents: configuration, validation, one rule file per stage family, the default target.
+import os
 
-configfile: "config.yaml"
+
+# The repository default, also when run with --directory; --configfile files merge over it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 # Used by `snakemake --sdm conda`; the default is the virtual environment from `make setup`.
