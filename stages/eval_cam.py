@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.cams.threshold import sweep_thresholds, threshold_grid
 from stages.data.index import DatasetIndex
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     ids = index.ids(args.split)
     with CamReader(args.cams) as reader:
         reader.check_matches(index, ids)
-        samples = tqdm(masks_and_cams(index, reader, args.split), total=len(ids), unit="img",
+        samples = progress_bar(masks_and_cams(index, reader, args.split), total=len(ids), unit="img",
                        desc=f"sweep {args.split}")
         matrices = sweep_thresholds(samples, thresholds, index.num_classes)
     sweep = pd.DataFrame({"threshold": thresholds, "miou": [m.miou() for m in matrices],

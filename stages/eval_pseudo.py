@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
 from stages.io.atomic import atomic_path
@@ -34,7 +34,7 @@ def score_labels(index: DatasetIndex, labels_dir: Path, split: str) -> Confusion
         raise FileNotFoundError(f"{labels_dir}: {len(missing)} pseudo label(s) of split {split!r} "
                                 f"missing, e.g. {missing[:5]}")
     matrix = ConfusionMatrix(index.num_classes)
-    for image_id in tqdm(ids, desc=f"score {split}", unit="img"):
+    for image_id in progress_bar(ids, desc=f"score {split}", unit="img"):
         label_path, mask_path = labels_dir / f"{image_id}.png", index.mask_path(image_id, split)
         label, gt = read_label(label_path), read_label(mask_path)
         if label.shape != gt.shape:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
@@ -134,8 +134,7 @@ def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence
     """Stream the split through the model, scoring every mode and writing PNGs as it goes."""
     modes = [SINGLE, MULTISCALE] + ([MULTISCALE_CRF] if crf else [])
     result = StreamingEvaluation(modes, index.num_classes)
-    for i, image_id in enumerate(tqdm(index.ids(split), desc=f"evaluate {split}", file=sys.stderr,
-                                      mininterval=1 if sys.stderr.isatty() else 10)):
+    for i, image_id in enumerate(progress_bar(index.ids(split), desc=f"evaluate {split}")):
         image = load_rgb(index.image_path(image_id))
         gt = read_label(index.mask_path(image_id, split))
         if gt.shape != image.shape[:2]:

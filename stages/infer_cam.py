@@ -7,8 +7,9 @@ appears only when the merged file is complete. The HDF5 layout is described in
 from __future__ import annotations
 
 import argparse
+import json
 
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.cams.multiscale import write_cams
 from stages.data.index import DatasetIndex
@@ -46,10 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         file_meta = CamFileMeta(
             dataset=index.name, split=args.split, classes=tuple(index.classes),
             backbone=meta["backbone"], scales=tuple(args.scales), flip=args.flip,
-            checkpoint_sha256=file_sha256(args.checkpoint))
+            checkpoint_sha256=file_sha256(args.checkpoint),
+            refinement=json.dumps(meta["refinement"], sort_keys=True) if "refinement" in meta else "")
         my_ids = ids[ctx.rank::ctx.world_size]
         target = shard_path(args.out, ctx.rank) if ctx.distributed else args.out
-        with tqdm(total=len(my_ids), desc=f"CAMs {args.split}", unit="img",
+        with progress_bar(total=len(my_ids), desc=f"CAMs {args.split}", unit="img",
                   disable=not ctx.is_main) as bar, CamWriter(target, file_meta) as writer:
             write_cams(net, index, my_ids, writer, args.scales, args.flip, args.batch_size, ctx,
                        workers=args.workers, on_batch=bar.update)

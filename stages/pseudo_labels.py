@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
 from stages.labels.crf import CRFParams
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.bilateral_sxy, args.bilateral_srgb, args.bilateral_compat)
     settings = PseudoLabelSettings(threshold=resolve_threshold(args.threshold, args.best),
                                    ignore_band=args.ignore_band, crf=crf if args.use_crf else None)
-    with tqdm(total=len(index.ids(args.split)), desc=f"pseudo labels {args.split}", unit="img") as bar:
+    with progress_bar(total=len(index.ids(args.split)), desc=f"pseudo labels {args.split}", unit="img") as bar:
         count = generate_pseudo_labels(index, args.cams, args.split, settings, args.out_dir,
                                        args.workers, on_done=lambda _: bar.update())
     print(f"{count} pseudo labels in {args.out_dir} (threshold {settings.threshold:.3f}, "

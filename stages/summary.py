@@ -86,8 +86,8 @@ def benchmark_rows(directory: Path) -> list[dict]:
         print(f"no benchmark folder {directory}: the table has no timings", file=sys.stderr)
         return []
     rows = []
-    for path in sorted(directory.glob("*.tsv")):
-        rule, _, wildcards = path.stem.partition("-")
+    for path in sorted(directory.rglob("*.tsv")):  # a wildcard value may hold a '/'
+        rule, _, wildcards = path.relative_to(directory).with_suffix("").as_posix().partition("-")
         rows.append({"stage": rule, "name": wildcards or "-", "seconds": benchmark_seconds(path)})
     return rows
 

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 from stages.data.classification import ClassificationDataset
 from stages.data.index import DatasetIndex
-from stages.data.transforms import AugmentConfig
 from stages.io.checkpoint import save_checkpoint
 from stages.models.cam_net import POOLINGS, CAMNet
 from stages.runtime.distributed import distributed_session
 from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.trainer import LoopConfig, NonFiniteLossError, train_loop
+from stages.runtime.train_args import add_training_arguments, augment_config, loop_config, training_meta
+from stages.runtime.trainer import NonFiniteLossError, train_loop
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,20 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backbone", required=True, help="timm model name, e.g. resnet18")
     p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet, or a .pth/.safetensors")
     p.add_argument("--pooling", choices=POOLINGS, required=True)
-    p.add_argument("--crop-size", type=int, required=True)
-    p.add_argument("--scale-range", type=float, nargs=2, required=True, metavar=("MIN", "MAX"))
-    p.add_argument("--color-jitter", type=float, required=True)
-    p.add_argument("--batch-size", type=int, required=True, help="per process")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--head-lr-mult", type=float, required=True, help="lr factor of the new classifier")
-    p.add_argument("--weight-decay", type=float, required=True)
-    p.add_argument("--checkpoint-every", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--num-workers", type=int, required=True)
-    p.add_argument("--on-nonfinite", choices=("stop", "skip"), required=True)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_training_arguments(p)
     return p.parse_args(argv)
 
 
@@ -60,25 +47,20 @@ def classification_step(net: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
 def run_meta(args: argparse.Namespace, index: DatasetIndex, world_size: int) -> dict[str, Any]:
     """What the model is (read by load_cam_net) plus everything that shapes the training result.
 
-    The trainer refuses to resume a checkpoint whose meta differs, so a changed backbone, data
-    set or hyperparameter never silently continues an old run.
+    The trainer does not resume a checkpoint whose meta differs, so a changed backbone, data
+    set or hyperparameter starts a fresh run instead of silently continuing an old one.
     """
     return {
         "backbone": args.backbone, "weights": args.weights, "pooling": args.pooling,
         "num_classes": index.num_classes - 1, "classes": list(index.classes), "dataset": index.name,
-        "train": {"split": args.split, "crop_size": args.crop_size, "scale_range": list(args.scale_range),
-                  "color_jitter": args.color_jitter, "batch_size": args.batch_size, "steps": args.steps,
-                  "optimizer": args.optimizer, "lr": args.lr, "head_lr_mult": args.head_lr_mult,
-                  "weight_decay": args.weight_decay, "seed": args.seed, "world_size": world_size},
+        "train": {"split": args.split, **training_meta(args, world_size)},
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
-    aug = AugmentConfig(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
-                        color_jitter=args.color_jitter)
-    dataset = ClassificationDataset(index, args.split, aug, args.seed)
+    dataset = ClassificationDataset(index, args.split, augment_config(args), args.seed)
     with distributed_session(args.device) as ctx:
         meta = run_meta(args, index, ctx.world_size)
         torch.manual_seed(args.seed)
@@ -86,11 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = build_optimizer(args.optimizer, model.param_groups(args.head_lr_mult), args.lr,
                                     args.weight_decay)
         scheduler = poly_schedule(optimizer, args.steps)
-        loop = LoopConfig(steps=args.steps, batch_size=args.batch_size,
-                          checkpoint_every=args.checkpoint_every, seed=args.seed,
-                          num_workers=args.num_workers, on_nonfinite=args.on_nonfinite)
         try:
-            train_loop(model, optimizer, scheduler, dataset, classification_step, loop, ctx,
+            train_loop(model, optimizer, scheduler, dataset, classification_step, loop_config(args), ctx,
                        args.checkpoint, args.metrics, meta)
         except NonFiniteLossError as exc:
             sys.exit(f"train_cam: {exc}; no model written to {args.out}")

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from stages.data.index import DatasetIndex
-from stages.data.transforms import AugmentConfig
 from stages.io.checkpoint import file_sha256, save_checkpoint
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
 from stages.models.segmenter import DECODERS, SegmenterSpec, init_backbone_from_cam
 from stages.runtime.distributed import DistContext, distributed_session
 from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.trainer import LoopConfig, train_loop
+from stages.runtime.train_args import add_training_arguments, augment_config, loop_config, training_meta
+from stages.runtime.trainer import train_loop
 
 NEED_FLAGS = {"pseudo_labels": "--pseudo-labels DIR", "cam_checkpoint": "--init-from-cam model.pt",
               "scribbles": "an index with scribbles"}
@@ -42,20 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="final model file (written when training is done)")
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state")
     p.add_argument("--metrics", type=Path, required=True, help="per-step metrics CSV")
-    p.add_argument("--crop-size", type=int, required=True)
-    p.add_argument("--scale-range", type=float, nargs=2, required=True, metavar=("MIN", "MAX"))
-    p.add_argument("--color-jitter", type=float, required=True)
-    p.add_argument("--batch-size", type=int, required=True, help="per process")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--head-lr-mult", type=float, required=True)
-    p.add_argument("--weight-decay", type=float, required=True)
-    p.add_argument("--checkpoint-every", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--num-workers", type=int, required=True)
-    p.add_argument("--on-nonfinite", choices=("stop", "skip"), required=True)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_training_arguments(p)
     args = p.parse_args(argv)
     try:
         args.method_options = json.loads(args.method_options)
@@ -84,9 +71,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
         # per-GPU batches of a few crops make per-process BatchNorm statistics too noisy
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    aug = AugmentConfig(crop_size=args.crop_size, scale_range=tuple(args.scale_range),
-                        color_jitter=args.color_jitter)
-    dataset = method.build_dataset(inputs, aug, args.seed)
+    dataset = method.build_dataset(inputs, augment_config(args), args.seed)
     optimizer = build_optimizer(args.optimizer, model.param_groups(args.head_lr_mult),
                                 args.lr, args.weight_decay)
     scheduler = poly_schedule(optimizer, args.steps)
@@ -95,14 +80,9 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
         "weights": spec.weights, "decoder": spec.decoder, "classes": index.classes,
         "dataset": index.name, "split": args.split,
         "init_from_cam": file_sha256(args.init_from_cam) if args.init_from_cam else None,
-        "train": {"crop_size": args.crop_size, "scale_range": list(args.scale_range),
-                  "color_jitter": args.color_jitter, "batch_size": args.batch_size, "steps": args.steps,
-                  "optimizer": args.optimizer, "lr": args.lr, "head_lr_mult": args.head_lr_mult,
-                  "weight_decay": args.weight_decay, "seed": args.seed, "world_size": ctx.world_size},
+        "train": training_meta(args, ctx.world_size),
     }
-    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                      seed=args.seed, num_workers=args.num_workers, on_nonfinite=args.on_nonfinite)
-    rows = train_loop(model, optimizer, scheduler, dataset, method.step, loop, ctx,
+    rows = train_loop(model, optimizer, scheduler, dataset, method.step, loop_config(args), ctx,
                       args.checkpoint, args.metrics, meta)
     if ctx.is_main:
         save_checkpoint(args.out, {"model": model.state_dict(), "meta": meta})

@@ -50,9 +50,10 @@ def write_config(path: Path, base: Path = TINY_CONFIG, **overrides) -> Path:
     return path
 
 
-def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
-    """Rule name -> job count of a dry run (what Snakemake would run now)."""
-    out = snakemake(workdir, "-n", "--cores", "2", "--quiet", "rules", *targets, config=config).stdout
+def planned_jobs(workdir: Path, config: Path, *args: str) -> dict[str, int]:
+    """Rule name -> job count of a dry run (what Snakemake would run now); ``args`` are extra
+    options or targets."""
+    out = snakemake(workdir, "-n", "--cores", "2", "--quiet", "rules", *args, config=config).stdout
     jobs: dict[str, int] = {}
     for line in out.splitlines():
         parts = line.split()

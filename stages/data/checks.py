@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
@@ -68,7 +68,7 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
             splits_of[image_id].append(split)
 
     checked_masks: set[str] = set()
-    for image_id, splits in tqdm(splits_of.items(), desc="checking images", disable=not progress):
+    for image_id, splits in progress_bar(splits_of.items(), desc="checking images", disable=not progress):
         where = " ".join(splits)
         image_path = index.image_path(image_id)
         image_hw = None

@@ -21,7 +21,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 CHUNK = 1 << 20
 # HTTP statuses worth another try; any other HTTP error (404, 403, ...) fails at once.
@@ -75,7 +75,7 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
                                             f"({response.headers.get('Content-Range')}); starting over")
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length is not None else None
-        with open(part, "ab" if offset else "wb") as f, tqdm(
+        with open(part, "ab" if offset else "wb") as f, progress_bar(
                 total=expected, initial=offset, unit="B", unit_scale=True,
                 desc=part.name, disable=not progress) as bar:
             for block in iter(lambda: response.read(CHUNK), b""):

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
 from stages.data.scribbles import erode, synthesize_scribbles
@@ -351,7 +351,7 @@ def generate_toy(root: str | os.PathLike, *, num_classes: int, num_train_aug: in
     jobs = [(split, i) for split, n in counts.items() for i in range(n)]
     splits: dict[str, list[str]] = {split: [] for split in counts}
     labels: dict[str, list[int]] = {}
-    for split, i in tqdm(jobs, desc="toy images", disable=not progress):
+    for split, i in progress_bar(jobs, desc="toy images", disable=not progress):
         image_id = f"{ID_PREFIX[split]}{i:05d}"
         sample = make_sample(num_classes, min_size, max_size,
                              np.random.default_rng([seed, SPLIT_CODES[split], i]))

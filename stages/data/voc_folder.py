@@ -27,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from stages.runtime.progress import progress_bar
 
 from stages.data.download import archive_filename, fetch, safe_extract
 from stages.data.index import VOC_CLASSES, DatasetIndex
@@ -81,7 +81,7 @@ def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
                     progress: bool = False) -> dict[str, list[int]]:
     """VOC XML: the names of the top-level ``object`` elements (parts are not objects)."""
     out = {}
-    for i in tqdm(ids, desc="labels from XML", disable=not progress):
+    for i in progress_bar(ids, desc="labels from XML", disable=not progress):
         path = annotations / f"{i}.xml"
         if not path.exists():
             continue
@@ -99,7 +99,7 @@ def labels_from_masks(index: DatasetIndex, progress: bool = False) -> dict[str, 
     out = {}
     seen: set[str] = set()
     jobs = [(i, split) for split, ids in index.splits.items() for i in ids]
-    for i, split in tqdm(jobs, desc="labels from masks", disable=not progress):
+    for i, split in progress_bar(jobs, desc="labels from masks", disable=not progress):
         if i in seen:
             continue
         seen.add(i)
@@ -178,7 +178,7 @@ def render_scribble_folder(xml_dir: Path, voc_root: Path, classes: list[str],
         return final
     partial = voc_root / f".{SCRIBBLE_DIR}.partial"
     class_index = {name: i for i, name in enumerate(classes)}
-    for xml in tqdm(sorted(xml_dir.glob("*.xml")), desc="scribbles", disable=not progress):
+    for xml in progress_bar(sorted(xml_dir.glob("*.xml")), desc="scribbles", disable=not progress):
         image = voc_root / "JPEGImages" / f"{xml.stem}.jpg"
         if not image.exists():
             continue

@@ -10,7 +10,9 @@ Layout (format version 1)::
     |           backbone        CAM network backbone
     |           scales          inference scales (float array); flip: bool
     |           checkpoint_sha256  short hash of the model file that made the CAMs
-    |           source          the stage that wrote the file (infer_cam, or a refinement)
+    |           source          the stage that wrote the file (infer_cam)
+    |           refinement      JSON provenance when the CAM network was refined, e.g.
+    |                           {"method": "plmix", "rounds": 3, "from_checkpoint_sha256": ...}; "" if raw
     |           num_images      written last: a file without it was never finished
     `-- cams/<image_id>         float16 (K, H, W) at image resolution, values in [0, 1]
                                 (ReLU, then divided by each class's maximum);
@@ -65,6 +67,7 @@ class CamFileMeta:
     flip: bool
     checkpoint_sha256: str
     source: str = "infer_cam"
+    refinement: str = ""  # JSON provenance of a refined CAM network (method, rounds, ...); "" = raw
 
     def to_attrs(self) -> dict[str, object]:
         return {
@@ -72,7 +75,7 @@ class CamFileMeta:
             "classes": np.array(self.classes, dtype=h5py.string_dtype()),
             "backbone": self.backbone, "scales": np.asarray(self.scales, dtype=np.float64),
             "flip": bool(self.flip), "checkpoint_sha256": self.checkpoint_sha256,
-            "source": self.source,
+            "source": self.source, "refinement": self.refinement,
         }
 
     @classmethod
@@ -84,6 +87,7 @@ class CamFileMeta:
                 backbone=_as_str(attrs["backbone"]),
                 scales=tuple(float(s) for s in attrs["scales"]), flip=bool(attrs["flip"]),
                 checkpoint_sha256=_as_str(attrs["checkpoint_sha256"]), source=_as_str(attrs["source"]),
+                refinement=_as_str(attrs.get("refinement", "")),
             )
         except KeyError as exc:
             raise ValueError(f"{path}: CAM file lacks attribute {exc.args[0]!r}") from None

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from stages.io.atomic import atomic_path
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.runtime.distributed import DistContext, all_reduce_sum, autocast
-from stages.runtime.progress import progress
+from stages.runtime.progress import progress_bar
 
 StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -152,7 +152,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 "step": step, "skipped": skipped, "rows": rows, "meta": meta})
 
     spe = steps_per_epoch(len(dataset), cfg.batch_size, ctx.world_size)
-    bar = progress(total=cfg.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
+    bar = progress_bar(total=cfg.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
     net.train()
     with _StopFlag() as stop:
         while step < cfg.steps:

@@ -29,11 +29,12 @@ rule train_cam:
 
 
 rule infer_cam:
+    # The raw CAM network (cam_run "cam") and refined ones ("refine/<name>") alike.
     input:
         index=INDEX,
-        model=CAM_MODEL,
+        model="results/{cam_run}/model.pt",
     output:
-        "results/cam/cams_{split}.h5",
+        "results/{cam_run}/cams_{split}.h5",
     params:
         scales=cli({"scales": config["cam"]["infer"]["scales"], "flip": config["cam"]["infer"]["flip"]}),
         device=config["device"],
@@ -43,9 +44,9 @@ rule infer_cam:
         mem_mb=16000,
         runtime=120,
     log:
-        "results/logs/infer_cam/{split}.log",
+        "results/logs/infer_cam/{cam_run}/{split}.log",
     benchmark:
-        "results/benchmarks/infer_cam-{split}.tsv"
+        "results/benchmarks/infer_cam-{cam_run}-{split}.tsv"
     shell:
         LAUNCH + " stages.infer_cam --index {input.index} --checkpoint {input.model}"
         " --split {wildcards.split} {params.scales} --device {params.device} --out {output} > {log} 2>&1"

@@ -102,6 +102,7 @@ wildcard_constraints:
     variant="|".join(VARIANTS),
     refinement="|".join(REFINEMENTS),
     split=r"[A-Za-z0-9_]+",
+    cam_run=r"cam|refine/[A-Za-z0-9_]+",
 
 
 def refined_cams(wildcards):

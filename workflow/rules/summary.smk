@@ -2,7 +2,8 @@ rule summary:
     input:
         cam_best="results/cam/eval/best.json",
         cam_metrics="results/cam/train_metrics.csv",
-        pseudo=expand("results/pseudo_labels/{refinement}/eval/summary.csv", refinement=used_refinements()),
+        # every configured refinement, used by a variant or not: before/after refinement side by side
+        pseudo=expand("results/pseudo_labels/{refinement}/eval/summary.csv", refinement=REFINEMENTS),
         variants=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
         seg_metrics=expand("results/seg/{variant}/train_metrics.csv", variant=VARIANTS),
     output:
@@ -12,7 +13,7 @@ rule summary:
         curves=report("results/summary/curves.png", caption="../report/curves.rst", category="Summary"),
     params:
         pseudo=lambda wildcards, input: " ".join(
-            f"{r}={path}" for r, path in zip(used_refinements(), input.pseudo)
+            f"{r}={path}" for r, path in zip(REFINEMENTS, input.pseudo)
         ),
         variants=lambda wildcards, input: " ".join(f"{v}={path}" for v, path in zip(VARIANTS, input.variants)),
         curves=lambda wildcards, input: " ".join(
