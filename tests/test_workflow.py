@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake, write_config
+from conftest import REPO, planned_jobs, write_config
 
 TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam", "pseudo_labels",
          "eval_pseudo", "cam_panels"}

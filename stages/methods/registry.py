@@ -45,6 +45,9 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device) -> t
     if "model" not in state or "meta" not in state:
         raise ValueError(f"{path}: not a trained segmenter file (needs 'model' and 'meta')")
     meta = state["meta"]
+    if "method" not in meta:
+        raise ValueError(f"{path}: not a trained segmenter file (its meta has no 'method'; "
+                         f"a CAM network file?)")
     method = get_method(meta["method"], meta["method_options"])
     # weights="none": the saved state replaces whatever the backbone started from
     spec = SegmenterSpec(backbone=meta["backbone"], decoder=meta["decoder"], num_classes=len(meta["classes"]))

@@ -1,0 +1,604 @@
+"""Bad input, systematically: every defect is handled, or stopped by an error naming the file or key.
+
+Three groups, one test id per case:
+
+- a VOC-format folder holding one image of each defect goes through the stages as the workflow
+  runs them (``python -m stages.<name>``): check_dataset with ``stop`` fails and its report names
+  every bad file; with ``skip`` the rest goes on through train_cam, infer_cam, eval_cam and
+  pseudo_labels, and the grayscale, CMYK and non-ASCII images come out at the far end;
+- stage inputs that do not belong together (a CAM file of another data set, a truncated one, a
+  CAM network for another class list, a pseudo-label folder lacking ids, ...), and config values
+  that only a stage can judge (a backbone name, a split name, a weights file);
+- configuration mistakes, which Snakemake must refuse before any job runs.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, pipeline_env, snakemake, write_config
+from stages.data.index import DatasetIndex
+from stages.data.toy import generate_toy
+from stages.io.cam_store import CamReader
+from stages.io.label_png import read_label, write_label
+
+NUM_CLASSES = 3          # toy object classes; with background the index has 4
+FOLDER_NAME = "voc"      # both data sets below share it, so only their class lists differ
+NON_ASCII_ID = "bäume_図01"
+
+# ---------------------------------------------------------------------------------------------
+# A data set with one image of each defect
+
+
+def _jpeg(root: Path, image_id: str) -> Path:
+    return root / "JPEGImages" / f"{image_id}.jpg"
+
+
+def _mask(root: Path, image_id: str) -> Path:
+    return root / "SegmentationClass" / f"{image_id}.png"
+
+
+def _list_file(root: Path, split: str) -> Path:
+    return root / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _reencode(mode: str) -> Callable[[Path, str], str]:
+    def apply(root: Path, image_id: str) -> str:
+        with Image.open(_jpeg(root, image_id)) as im:
+            converted = im.convert(mode)
+        converted.save(_jpeg(root, image_id), format="JPEG", quality=90)
+        return image_id
+    return apply
+
+
+def _truncated_jpeg(root: Path, image_id: str) -> str:
+    _truncate(_jpeg(root, image_id))
+    return image_id
+
+
+def _mask_wrong_size(root: Path, image_id: str) -> str:
+    write_label(_mask(root, image_id), read_label(_mask(root, image_id))[:-5])
+    return image_id
+
+
+def _mask_invalid_class(root: Path, image_id: str) -> str:
+    label = read_label(_mask(root, image_id))
+    label[:3, :3] = 17
+    write_label(_mask(root, image_id), label)
+    return image_id
+
+
+def _mask_missing(root: Path, image_id: str) -> str:
+    _mask(root, image_id).unlink()
+    return image_id
+
+
+def _mask_not_png(root: Path, image_id: str) -> str:
+    _mask(root, image_id).write_bytes(b"this is not a PNG file\n")
+    return image_id
+
+
+def _image_missing(root: Path, image_id: str) -> str:
+    _jpeg(root, image_id).unlink()
+    return image_id
+
+
+def _listed_twice(root: Path, image_id: str) -> str:
+    with _list_file(root, "train").open("a", encoding="utf-8") as f:
+        f.write(f"{image_id}\n")
+    return image_id
+
+
+def _no_image_label(root: Path, image_id: str) -> str:
+    path = root / "image_labels.json"
+    labels = json.loads(path.read_text(encoding="utf-8"))
+    del labels[image_id]
+    path.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    return image_id
+
+
+def _non_ascii_name(root: Path, image_id: str) -> str:
+    """A copy of the image under a non-ASCII id, listed in train and train_aug, labels in UTF-8."""
+    shutil.copy(_jpeg(root, image_id), _jpeg(root, NON_ASCII_ID))
+    shutil.copy(_mask(root, image_id), _mask(root, NON_ASCII_ID))
+    for split in ("train", "train_aug"):
+        with _list_file(root, split).open("a", encoding="utf-8") as f:
+            f.write(f"{NON_ASCII_ID}\n")
+    path = root / "image_labels.json"
+    labels = json.loads(path.read_text(encoding="utf-8"))
+    labels[NON_ASCII_ID] = labels[image_id]
+    path.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    return NON_ASCII_ID
+
+
+@dataclass(frozen=True)
+class Defect:
+    apply: Callable[[Path, str], str]  # (folder, a clean train id) -> the id it concerns
+    problem: str | None                # excerpt of check_dataset's report; None = must be accepted
+    names_file: bool = True            # whether the report row names a file (not only the id)
+
+
+DEFECTS = {
+    "truncated_jpeg": Defect(_truncated_jpeg, "cannot read image (image file is truncated"),
+    "grayscale_jpeg": Defect(_reencode("L"), None),
+    "cmyk_jpeg": Defect(_reencode("CMYK"), None),
+    "non_ascii_file_name": Defect(_non_ascii_name, None),
+    "mask_wrong_size": Defect(_mask_wrong_size, "differs from the image's"),
+    "mask_invalid_class": Defect(_mask_invalid_class, "has values [17] outside 0..3 and 255"),
+    "mask_missing": Defect(_mask_missing, "mask missing"),
+    "mask_not_png": Defect(_mask_not_png, "cannot read mask"),
+    "image_missing": Defect(_image_missing, "image missing"),
+    "id_listed_twice": Defect(_listed_twice, "listed 2 times in split 'train'", names_file=False),
+    "no_image_label": Defect(_no_image_label, "no image-level label", names_file=False),
+}
+BAD = [name for name, d in DEFECTS.items() if d.problem]
+ACCEPTED = [name for name, d in DEFECTS.items() if not d.problem]
+
+
+def make_toy_folder(parent: Path, num_classes: int, num_train_aug: int, num_train: int) -> Path:
+    root = parent / FOLDER_NAME
+    generate_toy(root, num_classes=num_classes, num_train_aug=num_train_aug, num_train=num_train,
+                 num_val=2, min_size=40, max_size=56, seed=1)
+    return root
+
+
+def run_stage(name: str, *args: object, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """``python -m stages.<name>`` as a workflow rule runs it."""
+    cmd = [sys.executable, "-m", f"stages.{name}", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"stages.{name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def train_flags(steps: int) -> list[object]:
+    return ["--crop-size", 32, "--scale-range", 0.9, 1.1, "--color-jitter", 0.1, "--batch-size", 2,
+            "--steps", steps, "--optimizer", "sgd", "--lr", 0.01, "--head-lr-mult", 10,
+            "--weight-decay", 0.0001, "--checkpoint-every", 100, "--seed", 0, "--num-workers", 0,
+            "--on-nonfinite", "stop", "--device", "cpu"]
+
+
+def cam_train_args(index: Path, out_dir: Path, steps: int) -> list[object]:
+    return ["--index", index, "--split", "train_aug", "--out", out_dir / "model.pt",
+            "--checkpoint", out_dir / "checkpoint.pt", "--metrics", out_dir / "metrics.csv",
+            "--backbone", "resnet18", "--weights", "none", "--pooling", "gap", *train_flags(steps)]
+
+
+CRF_FLAGS = ["--use-crf", "--iterations", 2, "--gaussian-sxy", 3, "--gaussian-compat", 3,
+             "--bilateral-sxy", 80, "--bilateral-srgb", 13, "--bilateral-compat", 10]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The defective data set's run through the stages: what check_dataset said, what came out."""
+
+    clean_root: Path            # the folder before the defects, for variants of it
+    root: Path
+    ids: dict[str, str]         # defect name -> the image id it concerns
+    stop: subprocess.CompletedProcess
+    report: list[dict[str, str]]
+    checked: DatasetIndex       # the index check_dataset --policy skip wrote
+    index: Path
+    model: Path
+    cams: Path
+    best: Path
+    pseudo: Path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Pipeline:
+    """Make the defective folder, check it (stop, then skip) and run the CAM stages on what is left."""
+    base = tmp_path_factory.mktemp("defective")
+    clean_train = len(DEFECTS) + 3
+    clean_root = make_toy_folder(base / "clean", NUM_CLASSES, num_train_aug=clean_train + 2,
+                                 num_train=clean_train)
+    root = base / "defective" / FOLDER_NAME
+    shutil.copytree(clean_root, root)
+    train_ids = _list_file(root, "train").read_text().split()
+    ids = {name: d.apply(root, train_ids[k]) for k, (name, d) in enumerate(DEFECTS.items())}
+
+    work = base / "results"
+    raw, index, report = work / "index.json", work / "index.checked.json", work / "check_report.csv"
+    model, cams, best, pseudo = work / "cam" / "model.pt", work / "cams.h5", work / "best.json", work / "pseudo"
+    run_stage("prepare_dataset", "--kind", "folder", "--path", root, "--labels", "auto", "--index", raw,
+              "--no-progress")
+    stop = run_stage("check_dataset", "--index", raw, "--policy", "stop", "--report", report,
+                     "--out-index", index, "--no-progress", expect_ok=False)
+    with report.open(newline="", encoding="utf-8") as f:
+        problems = list(csv.DictReader(f))
+    assert not index.exists(), "check_dataset --policy stop wrote an index despite problems"
+    run_stage("check_dataset", "--index", raw, "--policy", "skip", "--report", report, "--out-index", index,
+              "--no-progress")
+    run_stage("train_cam", *cam_train_args(index, model.parent, steps=2))
+    run_stage("infer_cam", "--index", index, "--checkpoint", model, "--split", "train_aug", "--scales", 1.0, 0.5,
+              "--flip", "--device", "cpu", "--out", cams)
+    run_stage("eval_cam", "--index", index, "--cams", cams, "--split", "train", "--threshold-start", 0,
+              "--threshold-stop", 0.6, "--threshold-step", 0.1, "--out-sweep", work / "sweep.csv",
+              "--out-per-class", work / "per_class.csv", "--out-best", best)
+    run_stage("pseudo_labels", "--index", index, "--cams", cams, "--split", "train_aug", "--threshold", "auto",
+              "--best", best, "--ignore-band", 0.05, *CRF_FLAGS, "--workers", 2, "--out-dir", pseudo)
+    return Pipeline(clean_root, root, ids, stop, problems, DatasetIndex.load(index), index, model, cams, best,
+                    pseudo)
+
+
+def test_stop_fails_and_points_to_the_full_report(pipeline: Pipeline) -> None:
+    assert pipeline.stop.returncode == 1
+    assert f"{len(pipeline.report)} problem(s) in data set" in pipeline.stop.stderr
+    assert "full list: " in pipeline.stop.stderr and "check_report.csv" in pipeline.stop.stderr
+
+
+@pytest.mark.parametrize("defect", BAD)
+def test_defect_is_reported_and_skipped(pipeline: Pipeline, defect: str) -> None:
+    image_id = pipeline.ids[defect]
+    rows = [r for r in pipeline.report if r["id"] == image_id]
+    assert rows, f"check_dataset did not report {defect} ({image_id})"
+    assert any(DEFECTS[defect].problem in r["problem"] for r in rows), rows
+    if DEFECTS[defect].names_file:
+        assert any(image_id in r["file"] for r in rows), rows
+    for split, split_ids in pipeline.checked.splits.items():
+        assert image_id not in split_ids, f"{defect}: {image_id} still in {split} after skip"
+    assert image_id not in pipeline.checked.labels
+
+
+@pytest.mark.parametrize("defect", ACCEPTED)
+def test_real_variant_goes_through_every_stage(pipeline: Pipeline, defect: str) -> None:
+    image_id = pipeline.ids[defect]
+    assert not [r for r in pipeline.report if r["id"] == image_id]
+    assert image_id in pipeline.checked.ids("train") and image_id in pipeline.checked.ids("train_aug")
+    with Image.open(_jpeg(pipeline.root, image_id)) as im:
+        size = (im.height, im.width)
+    with CamReader(pipeline.cams) as reader:
+        entry = reader.read(image_id)
+    assert entry.size == size
+    assert entry.cams.shape[0] == len(pipeline.checked.labels[image_id])
+    label = read_label(pipeline.pseudo / f"{image_id}.png")
+    assert label.shape == size
+
+
+def test_skip_run_covers_exactly_the_clean_images(pipeline: Pipeline) -> None:
+    expected = pipeline.checked.ids("train_aug")
+    with CamReader(pipeline.cams) as reader:
+        assert sorted(reader.ids()) == sorted(expected)
+    assert sorted(p.stem for p in pipeline.pseudo.glob("*.png")) == sorted(expected)
+    assert json.loads(pipeline.best.read_text())["threshold"] >= 0
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_empty_image_list_stops_either_policy(pipeline: Pipeline, tmp_path: Path, policy: str) -> None:
+    root = tmp_path / FOLDER_NAME
+    shutil.copytree(pipeline.clean_root, root)
+    _list_file(root, "val").write_text("")
+    stage_main("prepare_dataset", ["--kind", "folder", "--path", root, "--labels", "auto",
+                                   "--index", tmp_path / "index.json", "--no-progress"])
+    message = stage_error("check_dataset", ["--index", tmp_path / "index.json", "--policy", policy,
+                                            "--report", tmp_path / "report.csv",
+                                            "--out-index", tmp_path / "checked.json", "--no-progress"])
+    assert "val" in message and "empty" in message
+    assert not (tmp_path / "checked.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage inputs that do not belong together, and config values only a stage can judge
+
+
+def stage_main(name: str, argv: list[object]) -> None:
+    """A stage's ``main`` in this process: the same code path as ``python -m``, without the start-up."""
+    importlib.import_module(f"stages.{name}").main([str(a) for a in argv])
+
+
+def stage_error(name: str, argv: list[object]) -> str:
+    """The message a stage stops with: its exception, or the ``SystemExit`` text the user sees."""
+    with pytest.raises((ValueError, KeyError, FileNotFoundError, RuntimeError, SystemExit)) as info:
+        stage_main(name, argv)
+    if isinstance(info.value, KeyError):
+        return str(info.value.args[0])
+    if isinstance(info.value, SystemExit):
+        assert info.value.code not in (0, None), f"stages.{name} exited cleanly"
+    return str(info.value)
+
+
+@dataclass
+class OtherDataSet:
+    """A second toy set in a folder of the same name but with another class list, and its CAM run."""
+
+    index: Path
+    model: Path
+    cams: Path
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory) -> OtherDataSet:
+    from stages.data.voc_folder import read_voc_folder
+
+    base = tmp_path_factory.mktemp("other")
+    root = make_toy_folder(base, num_classes=2, num_train_aug=4, num_train=2)
+    index = base / "index.json"
+    read_voc_folder(root, "auto").save(index)
+    stage_main("train_cam", cam_train_args(index, base / "cam", steps=1))
+    stage_main("infer_cam", ["--index", index, "--checkpoint", base / "cam" / "model.pt", "--split", "train_aug",
+                             "--scales", 1.0, "--no-flip", "--device", "cpu", "--out", base / "cams.h5"])
+    return OtherDataSet(index, base / "cam" / "model.pt", base / "cams.h5")
+
+
+@dataclass(frozen=True)
+class StageCase:
+    """A stage run with one wrong input: what the error must name, and the output it must not leave."""
+
+    stage: str
+    argv: list[object]
+    names: list[str]
+    output: Path
+
+
+def _pseudo_label_args(p: Pipeline, cams: Path, out: Path, best: Path | None = None) -> list[object]:
+    return ["--index", p.index, "--cams", cams, "--split", "train_aug", "--threshold", "auto",
+            "--best", best or p.best, "--ignore-band", 0.05, *CRF_FLAGS, "--workers", 1, "--out-dir", out]
+
+
+def _infer_args(p: Pipeline, model: Path, out: Path, device: str = "cpu") -> list[object]:
+    return ["--index", p.index, "--checkpoint", model, "--split", "train_aug", "--scales", 1.0,
+            "--no-flip", "--device", device, "--out", out]
+
+
+def _eval_cam_args(p: Pipeline, tmp: Path, split: str = "train", start: float = 0.0,
+                   index: Path | None = None) -> list[object]:
+    return ["--index", index or p.index, "--cams", p.cams, "--split", split, "--threshold-start", start,
+            "--threshold-stop", 0.5, "--threshold-step", 0.1, "--out-sweep", tmp / "sweep.csv",
+            "--out-per-class", tmp / "per_class.csv", "--out-best", tmp / "best.json"]
+
+
+def _seg_args(p: Pipeline, tmp: Path, pseudo: Path, options: dict | None = None,
+              backbone: str = "resnet18", weights: str = "none") -> list[object]:
+    return ["--index", p.index, "--split", "train_aug", "--method", "ce",
+            "--method-options", json.dumps(options or {}), "--pseudo-labels", pseudo,
+            "--backbone", backbone, "--weights", weights, "--decoder", "aspp", "--out", tmp / "seg.pt",
+            "--checkpoint", tmp / "seg_ckpt.pt", "--metrics", tmp / "seg_metrics.csv", *train_flags(1)]
+
+
+def _copy(src: Path, dst: Path, truncate: bool = False) -> Path:
+    shutil.copy(src, dst)
+    if truncate:
+        _truncate(dst)
+    return dst
+
+
+def _pseudo_missing_ids(p: Pipeline, tmp: Path) -> tuple[Path, list[str]]:
+    folder = tmp / "pseudo_partial"
+    shutil.copytree(p.pseudo, folder)
+    dropped = sorted(p.checked.ids("train_aug"))[:2]
+    for image_id in dropped:
+        (folder / f"{image_id}.png").unlink()
+    return folder, dropped
+
+
+def _case_foreign_cams(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("pseudo_labels", _pseudo_label_args(p, o.cams, tmp / "out"),
+                     [str(o.cams), "made for data set"], tmp / "out")
+
+
+def _case_truncated_cams(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    cams = _copy(p.cams, tmp / "cams.h5", truncate=True)
+    return StageCase("pseudo_labels", _pseudo_label_args(p, cams, tmp / "out"), [str(cams), "truncated"],
+                     tmp / "out")
+
+
+def _case_unfinished_cams(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    cams = _copy(p.cams, tmp / ".cams.h5.tmp4242")
+    return StageCase("pseudo_labels", _pseudo_label_args(p, cams, tmp / "out"),
+                     [str(cams), "temporary file"], tmp / "out")
+
+
+def _case_cams_of_another_split(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("eval_cam", _eval_cam_args(p, tmp, split="val"), [str(p.cams), "missing from the CAM file"],
+                     tmp / "best.json")
+
+
+def _case_unreadable_best_threshold(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    best = tmp / "best.json"
+    best.write_text("{not json")
+    return StageCase("pseudo_labels", _pseudo_label_args(p, p.cams, tmp / "out", best=best),
+                     [str(best), "best threshold"], tmp / "out")
+
+
+def _case_cam_model_other_classes(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("infer_cam", _infer_args(p, o.model, tmp / "cams.h5"), [str(o.model), "classes"],
+                     tmp / "cams.h5")
+
+
+def _case_truncated_cam_model(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    model = _copy(p.model, tmp / "model.pt", truncate=True)
+    return StageCase("infer_cam", _infer_args(p, model, tmp / "cams.h5"), [str(model), "not a readable checkpoint"],
+                     tmp / "cams.h5")
+
+
+def _case_pseudo_labels_missing_ids(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    folder, dropped = _pseudo_missing_ids(p, tmp)
+    return StageCase("train_seg", _seg_args(p, tmp, folder), [str(folder), *dropped], tmp / "seg.pt")
+
+
+def _case_cam_model_as_segmenter(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("evaluate", ["--index", p.index, "--checkpoint", p.model, "--split", "val", "--scales", 1.0,
+                                  "--no-flip", "--no-crf", "--panels", 0, "--out-metrics", tmp / "metrics.csv",
+                                  "--out-per-class", tmp / "per_class.csv", "--out-predictions", tmp / "pred",
+                                  "--out-panels", tmp / "panels", "--device", "cpu"],
+                     [str(p.model)], tmp / "metrics.csv")
+
+
+def _case_index_not_json(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    index = tmp / "index.json"
+    index.write_text("{truncated")
+    return StageCase("eval_cam", _eval_cam_args(p, tmp, index=index), [str(index), "cannot read"],
+                     tmp / "best.json")
+
+
+# config values a schema cannot judge: the stage the workflow hands them to must name them
+def _case_unknown_backbone(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    args = cam_train_args(p.index, tmp, steps=1)
+    args[args.index("--backbone") + 1] = "resnet_nope"
+    return StageCase("train_cam", args, ["unknown backbone 'resnet_nope'"], tmp / "model.pt")
+
+
+def _case_missing_weights_file(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    weights = tmp / "nowhere" / "resnet18.pth"
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, weights=str(weights)), [str(weights), "not found"],
+                     tmp / "seg.pt")
+
+
+def _case_weights_for_another_backbone(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, weights="efficientnet_lite0_imagenet"),
+                     ["efficientnet_lite0_imagenet", "resnet18"], tmp / "seg.pt")
+
+
+def _case_unknown_variant_option(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, options={"lr_boost": 3}),
+                     ["lr_boost", "'ce'"], tmp / "seg.pt")
+
+
+def _case_unknown_split(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("eval_cam", _eval_cam_args(p, tmp, split="trian"), ["'trian'", "train_aug"], tmp / "best.json")
+
+
+def _case_threshold_range_reversed(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    return StageCase("eval_cam", _eval_cam_args(p, tmp, start=0.9), ["start=0.9", "stop=0.5"], tmp / "best.json")
+
+
+def _case_folder_does_not_exist(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    folder = tmp / "no" / "such" / "voc"
+    return StageCase("prepare_dataset", ["--kind", "folder", "--path", folder, "--labels", "auto",
+                                         "--index", tmp / "index.json", "--no-progress"],
+                     [str(folder), "not a VOC-layout folder"], tmp / "index.json")
+
+
+def _case_cuda_without_gpu(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present, so device cuda is valid here")
+    return StageCase("infer_cam", _infer_args(p, p.model, tmp / "cams.h5", device="cuda"),
+                     ["'cuda'", "CUDA is not available"], tmp / "cams.h5")
+
+
+STAGE_CASES = [
+    pytest.param(_case_foreign_cams, id="pseudo_labels:cam_file_of_another_data_set"),
+    pytest.param(_case_truncated_cams, id="pseudo_labels:truncated_cam_file"),
+    pytest.param(_case_unfinished_cams, id="pseudo_labels:cam_file_still_being_written"),
+    pytest.param(_case_unreadable_best_threshold, id="pseudo_labels:unreadable_best_threshold"),
+    pytest.param(_case_cams_of_another_split, id="eval_cam:cam_file_of_another_split"),
+    pytest.param(_case_index_not_json, id="eval_cam:index_not_json"),
+    pytest.param(_case_cam_model_other_classes, id="infer_cam:cam_model_for_other_classes"),
+    pytest.param(_case_truncated_cam_model, id="infer_cam:truncated_cam_model"),
+    pytest.param(_case_pseudo_labels_missing_ids, id="train_seg:pseudo_labels_missing_ids"),
+    pytest.param(_case_cam_model_as_segmenter, id="evaluate:cam_model_given_as_segmenter"),
+    pytest.param(_case_unknown_backbone, id="config:unknown_backbone"),
+    pytest.param(_case_missing_weights_file, id="config:weights_file_does_not_exist"),
+    pytest.param(_case_weights_for_another_backbone, id="config:weights_for_another_backbone"),
+    pytest.param(_case_unknown_variant_option, id="config:unknown_variant_option"),
+    pytest.param(_case_unknown_split, id="config:split_not_in_index"),
+    pytest.param(_case_threshold_range_reversed, id="config:threshold_start_above_stop"),
+    pytest.param(_case_folder_does_not_exist, id="config:folder_path_does_not_exist"),
+    pytest.param(_case_cuda_without_gpu, id="config:device_cuda_without_gpu"),
+]
+
+
+@pytest.mark.parametrize("make_case", STAGE_CASES)
+def test_stage_refuses_bad_input_naming_it(pipeline: Pipeline, other: OtherDataSet, tmp_path: Path,
+                                           make_case: Callable[..., StageCase]) -> None:
+    spec = make_case(pipeline, other, tmp_path)
+    message = stage_error(spec.stage, spec.argv)
+    for name in spec.names:
+        assert name in message, f"stages.{spec.stage}: {name!r} not in the error:\n{message}"
+    assert not spec.output.exists(), f"stages.{spec.stage} failed but left {spec.output}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration mistakes: Snakemake refuses them before any job runs
+
+# Every schema mistake at once: the user gets them all in one message, one line each.
+SCHEMA_MISTAKES = dict(
+    cam={"train": {"stpes": 5, "scale_range": [0.5]}, "eval": {"threshold_step": 0}},
+    segmenter={"backbone": "resnet18"},
+    seg={"decoder": "unet", "train": {"batch_size": "eight"}},
+    pseudo_labels={"threshold": 1.5, "ignore_band": -0.1},
+    evaluation={"scales": []},
+    refinements={"none": {"method": "none"}, "magic": {"method": "magic"}},
+    variants={"ce-2": {"method": "ce", "pseudo_labels": "none"}},
+    dataset={"kind": "imagenet", "voc": {"archives": {"voc2012_trainval": {"url": "x", "md5": "abc"}}}},
+)
+SCHEMA_CASES = {
+    "unknown_key": "cam.train: Additional properties are not allowed ('stpes' was unexpected)",
+    "unknown_section": "<top level>: Additional properties are not allowed ('segmenter' was unexpected)",
+    "wrong_type": "seg.train.batch_size: 'eight' is not of type 'integer'",
+    "bad_enum": "seg.decoder: 'unet' is not one of ['aspp', 'mlp']",
+    "bad_dataset_kind": "dataset.kind: 'imagenet' is not one of",
+    "threshold_out_of_range": "pseudo_labels.threshold: 1.5 is not valid",
+    "negative_ignore_band": "pseudo_labels.ignore_band: -0.1 is less than the minimum of 0",
+    "zero_threshold_step": "cam.eval.threshold_step: 0 is less than or equal to the minimum of 0",
+    "scale_range_not_a_pair": "cam.train.scale_range: [0.5] is too short",
+    "no_evaluation_scale": "evaluation.scales: [] should be non-empty",
+    "unknown_refinement_method": "refinements.magic.method: 'magic' is not one of ['none', 'plmix']",
+    "bad_variant_name": "variants: 'ce-2' does not match",
+    "bad_md5": "dataset.voc.archives.voc2012_trainval.md5: 'abc' does not match",
+}
+# Mistakes the workflow finds after the schema passes: one run each, since the first one stops it.
+WORKFLOW_MISTAKES = {
+    "unknown_method": (dict(variants={"mine": {"method": "magic", "pseudo_labels": "none"}}),
+                       "variants.mine: unknown method 'magic'"),
+    "variant_reads_missing_refinement": (dict(variants={"ce2": {"method": "ce", "pseudo_labels": "plmix"}}),
+                                         "variants.ce2: method 'ce' needs pseudo_labels naming one of"),
+    "variant_without_pseudo_labels": (dict(variants={"ce2": {"method": "ce"}}),
+                                      "variants.ce2: method 'ce' needs pseudo_labels"),
+}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """``snakemake -n`` on each bad config, run side by side (each is mostly interpreter start-up)."""
+    configs = {"schema": SCHEMA_MISTAKES, **{k: v[0] for k, v in WORKFLOW_MISTAKES.items()}}
+
+    def dry_run(name: str) -> tuple[str, subprocess.CompletedProcess]:
+        workdir = tmp_path_factory.mktemp(f"config_{name}")
+        if name == "yaml_syntax":
+            config = workdir / "config.yaml"
+            config.write_text("cam:\n  train: {steps: 3\n  backbone: resnet18\n")
+        else:
+            config = write_config(workdir / "config.yaml", **configs[name])
+        return name, snakemake(workdir, "-n", "--cores", "1", config=config, check=False)
+
+    with ThreadPoolExecutor(max_workers=len(configs) + 1) as pool:
+        return dict(pool.map(dry_run, [*configs, "yaml_syntax"]))
+
+
+def _refused(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0, "a bad config must stop the run"
+    assert "Job stats" not in proc.stdout, "jobs were planned for a bad config"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("case", SCHEMA_CASES)
+def test_schema_mistake_names_key(dry_runs: dict, case: str) -> None:
+    assert SCHEMA_CASES[case] in _refused(dry_runs["schema"])
+
+
+@pytest.mark.parametrize("case", WORKFLOW_MISTAKES)
+def test_workflow_mistake_names_variant(dry_runs: dict, case: str) -> None:
+    assert WORKFLOW_MISTAKES[case][1] in _refused(dry_runs[case])
+
+
+def test_config_that_is_not_yaml_stops_before_any_job(dry_runs: dict) -> None:
+    # Snakemake parses --configfile itself and names neither the file nor the line.
+    assert "Config file is not valid JSON or YAML" in _refused(dry_runs["yaml_syntax"])
