@@ -50,10 +50,8 @@ class SlurmNode:
     pids: list[int] = field(default_factory=list)
 
     def start(self) -> None:
-        for sub in ("munge", "ctld", "d", "log"):
+        for sub in ("ctld", "d", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.root / "munge", "munge", "munge")
-        os.chmod(self.root / "munge", 0o700)
         key = Path("/etc/munge/munge.key")
         if not key.exists():
             subprocess.run(["mungekey", "--create"], check=True)
@@ -81,10 +79,11 @@ class SlurmNode:
         socket_dir = Path("/run/munge")
         socket_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(socket_dir, "munge", "munge")
-        munge_pid = self.root / "munge" / "munged.pid"
+        # munged runs as user munge, which cannot enter pytest's private temporary folders
+        munge_pid = socket_dir / "test-munged.pid"
         subprocess.run(["su", "-s", "/bin/sh", "munge", "-c",
-                        f"/usr/sbin/munged --pid-file {munge_pid} --log-file {self.root / 'munge/munged.log'}"
-                        f" --seed-file {self.root / 'munge/munged.seed'}"], check=True)
+                        f"/usr/sbin/munged --pid-file {munge_pid} --log-file {socket_dir / 'test-munged.log'}"
+                        f" --seed-file {socket_dir / 'test-munged.seed'}"], check=True)
         self.pids.append(self._wait_pid(munge_pid))
         subprocess.run(["slurmctld", "-i"], check=True)
         self.pids.append(self._wait_pid(self.root / "slurmctld.pid"))

@@ -32,7 +32,7 @@ TIMING_COLUMNS = ["img_per_s"]
 def cam_run(tmp_path_factory) -> Path:
     """A toy set, a briefly trained CAM network and a best-threshold file, in one folder."""
     root = tmp_path_factory.mktemp("plmix")
-    index = generate_toy(root / "data", num_classes=3, num_train_aug=16, num_train=8, num_val=4,
+    index = generate_toy(root / "data", num_classes=3, num_train_aug=12, num_train=6, num_val=2,
                          min_size=48, max_size=72, seed=0)
     index.save(root / "index.json")
     train_cam.main(["--index", str(root / "index.json"), "--split", "train_aug", "--out", str(root / "model.pt"),
@@ -57,9 +57,9 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
             "scale_range": [0.7, 1.3], "color_jitter": 0.3, "batch_size": 4, "optimizer": "sgd", "lr": 0.001,
             "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "num_workers": 0,
             "on_nonfinite": "stop", "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
-            "threshold_step": 0.1, "iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3,
+            "threshold_step": 0.1, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3,
             "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10, "device": "cpu", **overrides}
-    argv = ["--flip"]
+    argv = ["--no-flip"]
     for key, value in opts.items():
         argv.append("--" + key.replace("_", "-"))
         argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]

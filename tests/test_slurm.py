@@ -9,11 +9,11 @@ import pytest
 from conftest import snakemake
 from slurm_node import SlurmNode, install, why_not_available
 
-# What a cluster without accounting needs on top of `--profile slurm`, and short polling so the
-# test takes seconds per job rather than minutes.
-NO_ACCOUNTING = ["--slurm-no-account", "--slurm-status-command", "squeue",
-                 "--slurm-init-seconds-before-status-checks", "1",
-                 "--seconds-between-status-checks", "1"]
+# What this one-node cluster needs on top of `--profile slurm`: no accounting, no job wider than
+# its 2 CPUs (training rules ask for 4 threads), and short polling so each job takes seconds.
+CLUSTER_OVERRIDES = ["--slurm-no-account", "--slurm-status-command", "squeue", "--max-threads", "2",
+                     "--slurm-init-seconds-before-status-checks", "1",
+                     "--seconds-between-status-checks", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def slurm(tmp_path_factory):
 def test_tiny_workflow_on_slurm_equals_local_run(slurm, tiny_run, tmp_path):
     local, config = tiny_run
     shutil.copy(config, tmp_path / "config.yaml")
-    snakemake(tmp_path, "--profile", "slurm", *NO_ACCOUNTING, config=tmp_path / "config.yaml")
+    snakemake(tmp_path, "--profile", "slurm", *CLUSTER_OVERRIDES, config=tmp_path / "config.yaml")
 
     ours, theirs = tmp_path / "results", local / "results"
     for csv in ["cam/eval/sweep.csv", "pseudo_labels/none/eval/summary.csv", "eval/ce/metrics.csv",
