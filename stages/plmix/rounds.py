@@ -158,9 +158,33 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         pd.DataFrame(rows, columns=list(ROUND_COLUMNS)).to_csv(tmp, index=False, float_format="%.6f")
 
 
+def _train_round(net: CAMNet, index: DatasetIndex, split: str, r: int, camT: float, settings: PLMixSettings,
+                 training: RoundTraining, round_dir: Path, meta: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+    """Steps 2 and 3 of round ``r`` on its pseudo labels; the round's mean loss terms."""
+    loop = dataclasses.replace(training.loop, seed=training.loop.seed * 1000 + r)  # new crops and pairs
+    dataset = PseudoLabelledCrops(index, split, round_dir / "labels", training.aug, settings.paste(r), loop.seed)
+    optimizer = build_optimizer(training.optimizer, net.param_groups(training.head_lr_mult), training.lr,
+                                training.weight_decay)
+    steps = pd.DataFrame(train_loop(
+        CamsAndLogits(net), optimizer, poly_schedule(optimizer, loop.steps), dataset, MixStep(settings.loss, camT),
+        loop, ctx, round_dir / "train.pt", round_dir / "train_metrics.csv", {"refine": meta, "round": r, "camT": camT},
+        collate_fn=MixCollate(index.num_classes)))
+    _sync_buffers(net, ctx)
+    return {**{term: float(steps[term].mean()) for term in LOSS_TERMS}, "skipped_steps": int(steps["skipped"].iloc[-1])}
+
+
+def _best_threshold(net: CAMNet, index: DatasetIndex, eval_split: str, settings: PLMixSettings,
+                    inference: CamInference, ctx: DistContext) -> tuple[float, float]:
+    """Step 4: the sweep's best threshold and its mIoU."""
+    thresholds = threshold_grid(*settings.threshold_range)
+    mious = np.array([m.miou() for m in sweep_network(net, index, eval_split, thresholds, inference, ctx)])
+    best = int(np.nanargmax(mious))
+    return float(thresholds[best]), float(mious[best])
+
+
 def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, start: tuple[float, float],
-               settings: PLMixSettings, training: RoundTraining, ops: Operations, state_dir: Path, rounds_csv: Path,
-               meta: dict[str, Any], net_meta: dict[str, Any], ctx: DistContext) -> RoundState:
+               settings: PLMixSettings, training: RoundTraining, ops: Operations, state_dir: Path,
+               rounds_csv: Path, meta: dict[str, Any], net_meta: dict[str, Any], ctx: DistContext) -> RoundState:
     """Refine ``net`` in place for ``settings.rounds`` rounds, resuming from ``state_dir``.
 
     ``start`` is eval_cam's (best threshold, its mIoU) for the unrefined network: round 1's
@@ -179,41 +203,25 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
             print(f"resuming after round {len(done)} (camT {state.threshold:.3f})", file=sys.stderr)
     net.to(ctx.device)
     inference = CamInference(settings.scales, settings.flip, batch_size=ops.infer_batch_size)
-    thresholds = threshold_grid(*settings.threshold_range)
     for r in range(state.completed + 1, settings.rounds + 1):
-        round_dir = state_dir / f"round{r}"
-        camT = state.threshold
+        round_dir, camT = state_dir / f"round{r}", state.threshold
         if ctx.is_main:
             print(f"round {r}/{settings.rounds}: pseudo labels at camT {camT:.3f}", file=sys.stderr)
         write_round_labels(net, index, split, camT, settings.crf, inference, round_dir / "labels", ctx,
                            ops.crf_workers)
-        loop = dataclasses.replace(training.loop, seed=training.loop.seed * 1000 + r)  # new crops and pairs
-        dataset = PseudoLabelledCrops(index, split, round_dir / "labels", training.aug, settings.paste(r), loop.seed)
-        optimizer = build_optimizer(training.optimizer, net.param_groups(training.head_lr_mult), training.lr,
-                                    training.weight_decay)
-        steps = train_loop(CamsAndLogits(net), optimizer, poly_schedule(optimizer, loop.steps), dataset,
-                           MixStep(settings.loss, camT), loop, ctx, round_dir / "train.pt",
-                           round_dir / "train_metrics.csv", {"refine": meta, "round": r, "camT": camT},
-                           collate_fn=MixCollate(index.num_classes))
-        _sync_buffers(net, ctx)
-        matrices = sweep_network(net, index, eval_split, thresholds, inference, ctx)
-        mious = np.array([m.miou() for m in matrices])
-        best = int(np.nanargmax(mious))
-        frame = pd.DataFrame(steps)
-        row = {"round": r, "label_threshold": camT, "paste_transform": settings.paste(r).transform,
-               **{term: float(frame[term].mean()) for term in LOSS_TERMS},
-               "skipped_steps": int(frame["skipped"].iloc[-1]),
-               "eval_threshold": float(thresholds[best]), "eval_miou": float(mious[best])}
-        state = RoundState(r, row["eval_threshold"], state.rows + [row])
+        terms = _train_round(net, index, split, r, camT, settings, training, round_dir, meta, ctx)
+        threshold, miou = _best_threshold(net, index, eval_split, settings, inference, ctx)
+        row = {"round": r, "label_threshold": camT, "paste_transform": settings.paste(r).transform, **terms,
+               "eval_threshold": threshold, "eval_miou": miou}
+        state = RoundState(r, threshold, state.rows + [row])
         if ctx.is_main:
             weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            refinement = refinement_meta(r, meta["from_checkpoint_sha256"], state.threshold)
+            refinement = refinement_meta(r, meta["from_checkpoint_sha256"], threshold)
             save_checkpoint(round_dir / "model.pt", {"model": weights, "meta": {**net_meta, "refinement": refinement}})
-            write_text(round_dir / "summary.json", json.dumps(row, indent=1) + "\n")
+            write_text(round_dir / "summary.json", json.dumps(row, indent=1) + "\n")  # marks the round done
             (round_dir / "train.pt").unlink(missing_ok=True)
             _write_rows(rounds_csv, state.rows)
-            print(f"round {r}: {eval_split} mIoU {row['eval_miou']:.4f} at camT {state.threshold:.3f}",
-                  file=sys.stderr)
+            print(f"round {r}: {eval_split} mIoU {miou:.4f} at camT {threshold:.3f}", file=sys.stderr)
         barrier(ctx)
     if ctx.is_main:
         _write_rows(rounds_csv, state.rows)
