@@ -3,8 +3,12 @@
 import os
 
 
-# The repository default, also when run with --directory; --configfile files merge over it.
-configfile: os.path.join(workflow.basedir, "config.yaml")
+# The repository default, also when run with --directory. A --configfile is a whole experiment and
+# replaces it (keys it leaves out take the schema's defaults), so a variant left out of the file is
+# gone rather than merged back in from here; --config key=value still edits either one.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 # Used by `snakemake --sdm conda`; the default is the virtual environment from `make setup`.

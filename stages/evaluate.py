@@ -8,12 +8,9 @@ panel for the report. Folders are filled under a temporary name and renamed when
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,10 +22,10 @@ from stages.runtime.progress import progress_bar
 
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
-from stages.io.atomic import atomic_path, temp_path_for
+from stages.io.atomic import atomic_dir, atomic_path
 from stages.io.checkpoint import check_meta
 from stages.io.label_png import colorize, read_label, write_label
-from stages.labels.crf import CRFParams, dense_crf
+from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, dense_crf
 from stages.methods.registry import load_trained_model
 from stages.metrics.confusion import ConfusionMatrix
 from stages.runtime.distributed import DistContext, autocast, distributed_session
@@ -113,21 +110,6 @@ def write_panel(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
         fig.savefig(tmp, format="png", dpi=100)
 
 
-@contextlib.contextmanager
-def filled_then_renamed(directory: Path) -> Iterator[Path]:
-    """A temporary folder renamed onto ``directory`` only if the block succeeds."""
-    tmp = temp_path_for(directory)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence[float], flip: bool,
              crf: CRFParams | None, ctx: DistContext, prediction_dir: Path, panel_dir: Path,
              panels: int) -> StreamingEvaluation:
@@ -161,9 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scales", type=float, nargs="+", required=True)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, required=True)
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, required=True)
-    for name, kind in (("iterations", int), ("gaussian-sxy", float), ("gaussian-compat", float),
-                       ("bilateral-sxy", float), ("bilateral-srgb", float), ("bilateral-compat", float)):
-        p.add_argument(f"--{name}", type=kind, help="dense CRF parameter (required with --crf)")
+    add_crf_arguments(p, required=False)  # needed with --crf
     p.add_argument("--panels", type=int, required=True, help="inspection panels to draw")
     p.add_argument("--out-metrics", type=Path, required=True)
     p.add_argument("--out-per-class", type=Path, required=True)
@@ -171,14 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-panels", type=Path, required=True)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
-    crf_fields = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
-                  "bilateral_compat")
     args.crf_params = None
     if args.crf:
-        missing = [f"--{f.replace('_', '-')}" for f in crf_fields if getattr(args, f) is None]
-        if missing:
-            p.error(f"--crf needs {' '.join(missing)}")
-        args.crf_params = CRFParams(**{f: getattr(args, f) for f in crf_fields})
+        try:
+            args.crf_params = crf_params_from(args)
+        except ValueError as exc:
+            p.error(f"--crf: {exc}")
     return args
 
 
@@ -188,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     with distributed_session(args.device) as ctx:
         model, meta = load_trained_model(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"classes": index.classes})
-        with filled_then_renamed(args.out_predictions) as pred_dir, \
-                filled_then_renamed(args.out_panels) as panel_dir:
+        with atomic_dir(args.out_predictions) as pred_dir, \
+                atomic_dir(args.out_panels) as panel_dir:
             result = evaluate(model, index, args.split, args.scales, args.flip, args.crf_params, ctx,
                               pred_dir, panel_dir, args.panels)
             with atomic_path(args.out_per_class) as tmp:

@@ -11,7 +11,7 @@ from pathlib import Path
 from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
-from stages.labels.crf import CRFParams
+from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.labels.pseudo import PseudoLabelSettings, generate_pseudo_labels
 
 
@@ -34,12 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--best", help="eval_cam's best-threshold JSON (needed with --threshold auto)")
     p.add_argument("--ignore-band", type=float, required=True, help="0 turns the band off")
     p.add_argument("--use-crf", action=argparse.BooleanOptionalAction, required=True)
-    p.add_argument("--iterations", type=int, required=True)
-    p.add_argument("--gaussian-sxy", type=float, required=True)
-    p.add_argument("--gaussian-compat", type=float, required=True)
-    p.add_argument("--bilateral-sxy", type=float, required=True)
-    p.add_argument("--bilateral-srgb", type=float, required=True)
-    p.add_argument("--bilateral-compat", type=float, required=True)
+    add_crf_arguments(p)
     p.add_argument("--out-dir", required=True, help="directory of <id>.png to create")
     p.add_argument("--workers", type=int, default=1, help="CRF processes")
     return p.parse_args(argv)
@@ -59,8 +54,7 @@ def resolve_threshold(threshold: float | str, best: str | None) -> float:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
-    crf = CRFParams(args.iterations, args.gaussian_sxy, args.gaussian_compat,
-                    args.bilateral_sxy, args.bilateral_srgb, args.bilateral_compat)
+    crf = crf_params_from(args)
     settings = PseudoLabelSettings(threshold=resolve_threshold(args.threshold, args.best),
                                    ignore_band=args.ignore_band, crf=crf if args.use_crf else None)
     with progress_bar(total=len(index.ids(args.split)), desc=f"pseudo labels {args.split}", unit="img") as bar:

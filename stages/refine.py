@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stages.data.index import DatasetIndex
 from stages.io.checkpoint import check_meta, file_sha256, save_checkpoint
-from stages.labels.crf import CRFParams
+from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
 from stages.plmix.rounds import Operations, PLMixSettings, RoundTraining, refinement_meta, run_rounds, state_meta
 from stages.plmix.training import MixLoss
@@ -61,12 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cams.add_argument("--threshold-stop", type=float, required=True)
     cams.add_argument("--threshold-step", type=float, required=True)
     crf = p.add_argument_group("dense CRF of the round's pseudo labels (as in pseudo_labels)")
-    crf.add_argument("--iterations", type=int, required=True)
-    crf.add_argument("--gaussian-sxy", type=float, required=True)
-    crf.add_argument("--gaussian-compat", type=float, required=True)
-    crf.add_argument("--bilateral-sxy", type=float, required=True)
-    crf.add_argument("--bilateral-srgb", type=float, required=True)
-    crf.add_argument("--bilateral-compat", type=float, required=True)
+    add_crf_arguments(crf)
     p.add_argument("--crf-workers", type=int, default=1, help="CRF processes (per process under torchrun)")
     p.add_argument("--infer-batch-size", type=int, default=8, help="images per forward pass in the passes")
     args = p.parse_args(argv)
@@ -101,8 +96,7 @@ def settings_from(args: argparse.Namespace) -> PLMixSettings:
         loss=MixLoss(focal_weight=args.focal_weight, iou_weight=args.iou_weight, dice_weight=args.dice_weight,
                      continuity_weight=args.continuity_weight, focal_gamma=args.focal_gamma,
                      temperature=args.temperature),
-        crf=CRFParams(args.iterations, args.gaussian_sxy, args.gaussian_compat, args.bilateral_sxy,
-                      args.bilateral_srgb, args.bilateral_compat),
+        crf=crf_params_from(args),
         scales=tuple(args.scales), flip=args.flip,
         threshold_range=(args.threshold_start, args.threshold_stop, args.threshold_step))
 

@@ -536,7 +536,8 @@ SCHEMA_MISTAKES = dict(
     pseudo_labels={"threshold": 1.5, "ignore_band": -0.1},
     evaluation={"scales": []},
     refinements={"none": {"method": "none"}, "magic": {"method": "magic"}},
-    variants={"ce-2": {"method": "ce", "pseudo_labels": "none"}},
+    variants={"ce-2": {"method": "ce", "pseudo_labels": "none"},
+              "ce3": {"method": "ce", "pseudo_labels": "none", "lr": 0.1}},
     dataset={"kind": "imagenet", "voc": {"archives": {"voc2012_trainval": {"url": "x", "md5": "abc"}}}},
 )
 SCHEMA_CASES = {
@@ -552,6 +553,7 @@ SCHEMA_CASES = {
     "no_evaluation_scale": "evaluation.scales: [] should be non-empty",
     "unknown_refinement_method": "refinements.magic.method: 'magic' is not one of ['none', 'plmix']",
     "bad_variant_name": "variants: 'ce-2' does not match",
+    "unknown_method_option": "variants.ce3: Additional properties are not allowed ('lr' was unexpected)",
     "bad_md5": "dataset.voc.archives.voc2012_trainval.md5: 'abc' does not match",
 }
 # Mistakes the workflow finds after the schema passes: one run each, since the first one stops it.
@@ -562,6 +564,10 @@ WORKFLOW_MISTAKES = {
                                          "variants.ce2: method 'ce' needs pseudo_labels naming one of"),
     "variant_without_pseudo_labels": (dict(variants={"ce2": {"method": "ce"}}),
                                       "variants.ce2: method 'ce' needs pseudo_labels"),
+    "folder_not_there": (dict(dataset={"kind": "folder", "folder": {"path": "no/such/folder"}}),
+                         "dataset.folder.path: 'no/such/folder' is not a directory"),
+    "devkit_not_there": (dict(dataset={"kind": "voc", "voc": {"devkit": "no/VOC2012"}}),
+                         "dataset.voc.devkit: 'no/VOC2012' is not a directory"),
 }
 
 

@@ -80,6 +80,19 @@ def test_entries_are_read_lazily(tmp_path):
         assert [i for i, _ in reader.entries(["img_c", "img_a"])] == ["img_c", "img_a"]
 
 
+def test_reads_stay_correct_across_reopens(tmp_path, monkeypatch):
+    """The reader reopens the file every few reads to free libhdf5's per-entry metadata."""
+    monkeypatch.setattr(CamReader, "REOPEN_EVERY", 2)
+    entries = make_entries(np.random.default_rng(2))
+    path = tmp_path / "cams.h5"
+    write_file(path, entries)
+    with CamReader(path) as reader:
+        for _ in range(3):  # 9 reads, 4 reopens
+            for image_id, entry in reader.entries(["img_a", "img_b", "img_c"]):
+                np.testing.assert_allclose(entry.cams, entries[image_id][0], atol=5e-4)
+        assert len(reader) == 3 and "img_b" in reader
+
+
 def test_image_without_foreground_class(tmp_path):
     path = tmp_path / "cams.h5"
     write_file(path, {"empty": (np.zeros((0, 5, 6), np.float32), [])})

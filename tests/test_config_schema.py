@@ -37,6 +37,11 @@ def test_variant_reading_missing_refinement_names_variant(tmp_path):
     assert "variants.ce2" in msg and "plmix" in msg
 
 
+def test_unknown_method_option_names_variant_and_option(tmp_path):
+    msg = _dry_run_error(tmp_path, variants={"ce": {"method": "ce", "pseudo_labels": "none", "lr": 0.1}})
+    assert "variants.ce" in msg and "'lr' was unexpected" in msg
+
+
 def test_defaults_fill_every_key():
     from snakemake.utils import validate
 
@@ -70,3 +75,16 @@ def test_workflow_needs_table_matches_the_registry():
     from stages.methods.registry import METHODS
 
     assert {name: cls.needs for name, cls in METHODS.items()} == METHOD_NEEDS
+
+
+def test_schema_lists_each_method_with_its_options():
+    """A variant's options are checked at parse time against the schema; it must match the classes."""
+    import dataclasses
+
+    from stages.methods.registry import METHODS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    per_method = {rule["if"]["properties"]["method"]["const"]: set(rule["then"]["properties"])
+                  for rule in schema["properties"]["variants"]["additionalProperties"]["allOf"]}
+    assert per_method == {name: {"method", "pseudo_labels"} | {f.name for f in dataclasses.fields(cls)}
+                          for name, cls in METHODS.items()}

@@ -144,10 +144,11 @@ def test_stage_end_to_end(toy_model, tmp_path: Path, crf: bool) -> None:
     assert not list(tmp_path.glob(".*tmp*")), "temporary folders left behind"
 
 
-def test_stage_refuses_other_class_list_and_half_crf_params(toy_model, tmp_path: Path) -> None:
+def test_stage_refuses_other_class_list_and_half_crf_params(toy_model, tmp_path: Path, capsys) -> None:
     index, model = toy_model
     with pytest.raises(SystemExit):
         evaluate.main(stage_args(index, model, tmp_path, crf=True)[:-2])
+    assert "--crf: dense CRF needs --bilateral-compat" in capsys.readouterr().err
     other = tmp_path / "other.json"
     text = index.read_text().replace('"background"', '"sky"')
     other.write_text(text)

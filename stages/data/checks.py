@@ -78,7 +78,8 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
             try:
                 image_hw = load_rgb(image_path).shape[:2]
             except ValueError as exc:
-                problems.append(Problem(image_id, where, str(image_path), str(exc)))
+                # the file has its own column; the message alone is the problem
+                problems.append(Problem(image_id, where, str(image_path), str(exc).removeprefix(f"{image_path}: ")))
         for split in splits:
             mask_path = index.mask_path(image_id, split)
             if str(mask_path) in checked_masks:

@@ -5,6 +5,8 @@ image (present classes plus background) rather than the whole class list.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,22 @@ class CRFParams:
     bilateral_sxy: float
     bilateral_srgb: float
     bilateral_compat: float
+
+
+def add_crf_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
+    """``--iterations``, ``--gaussian-sxy``, ... : one flag per ``CRFParams`` field, the same in
+    every stage that runs the CRF (the workflow passes the config's ``crf`` mapping as flags)."""
+    for field in dataclasses.fields(CRFParams):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=int if field.type == "int" else float,
+                            required=required, help=None if required else "dense CRF parameter")
+
+
+def crf_params_from(args: argparse.Namespace) -> CRFParams:
+    """The ``CRFParams`` that ``add_crf_arguments``' flags hold; a missing one is named."""
+    missing = [f.name for f in dataclasses.fields(CRFParams) if getattr(args, f.name) is None]
+    if missing:
+        raise ValueError("dense CRF needs " + " ".join("--" + m.replace("_", "-") for m in missing))
+    return CRFParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CRFParams)})
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -25,7 +23,7 @@ import numpy as np
 from stages.cams.threshold import to_class_ids, with_background
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
-from stages.io.atomic import temp_path_for
+from stages.io.atomic import atomic_dir
 from stages.io.cam_store import CamEntry, CamReader
 from stages.io.label_png import IGNORE, write_label
 from stages.labels.crf import CRFParams, dense_crf
@@ -117,12 +115,8 @@ def generate_pseudo_labels(index: DatasetIndex, cams_path: str | os.PathLike, sp
     ids = index.ids(split)
     with CamReader(cams_path) as reader:  # validate, then close: workers open their own
         reader.check_matches(index, ids)
-    out_dir = Path(out_dir)
-    tmp_dir = temp_path_for(out_dir)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    tasks = [(i, str(index.image_path(i)), str(tmp_dir / f"{i}.png")) for i in ids]
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
+        tasks = [(i, str(index.image_path(i)), str(tmp_dir / f"{i}.png")) for i in ids]
         with contextlib.ExitStack() as stack:
             if workers <= 1:
                 _init_worker(str(cams_path), settings)
@@ -135,9 +129,4 @@ def generate_pseudo_labels(index: DatasetIndex, cams_path: str | os.PathLike, sp
             for image_id in done:
                 if on_done is not None:
                     on_done(image_id)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return len(tasks)

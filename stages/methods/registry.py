@@ -1,4 +1,5 @@
-"""Methods by name. Adding one = one module, one entry in ``METHODS``, and its options in the schema."""
+"""Methods by name. Adding one = one module, one entry in ``METHODS``, its needs in needs.py and
+its options in the schema (`variants` in workflow/schemas/config.schema.yaml)."""
 from __future__ import annotations
 
 import dataclasses

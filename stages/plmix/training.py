@@ -14,12 +14,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
-
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import to_tensor
 from stages.data.index import DatasetIndex
+from stages.data.segmentation import SegmentationDataset, label_dir_source
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
-from stages.io.label_png import read_label
 from stages.models.cam_net import CAMNet
 from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_dice_loss, soft_iou_loss
 from stages.plmix.paste import PasteSettings, mixed_classes, paste, rotate_rescale
@@ -47,37 +45,20 @@ class CamsAndLogits(nn.Module):
         return maps, pooled_logits(self.cam_net, maps)
 
 
-class PseudoLabelledCrops(Dataset):
+class PseudoLabelledCrops(SegmentationDataset):
     """Augmented crops of images with their round's pseudo labels, plus each source's paste
     geometry; ``MixCollate`` turns a list of them into a batch of mixed images."""
 
     def __init__(self, index: DatasetIndex, split: str, labels_dir: Path, aug: AugmentConfig,
                  paste_settings: PasteSettings, seed: int) -> None:
-        self.index = index
-        self.ids = index.ids(split)
-        self.labels_dir = Path(labels_dir)
-        self.aug = aug
+        super().__init__(index, split, label_dir_source(labels_dir, index.ids(split)), aug, seed)
         self.paste_settings = paste_settings
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image_id = self.ids[i]
-        image = load_rgb(self.index.image_path(image_id))
-        label_path = self.labels_dir / f"{image_id}.png"
-        label = read_label(label_path)
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: pseudo label {label.shape} does not fit image "
-                             f"{self.index.image_path(image_id)} {image.shape[:2]}")
+        image, label = self.load_pair(i)
         rng = epoch_rng(self.seed, self.epoch, i)
         image, label = augment(image, label, self.aug, rng)
-        return {"image": image, "label": label, "classes": list(self.index.labels[image_id]),
+        return {"image": image, "label": label, "classes": list(self.index.labels[self.ids[i]]),
                 "geometry": self.paste_settings.draw(rng)}
 
 

@@ -45,9 +45,13 @@ VARIANTS = config["variants"]
 
 
 def cli(options, exclude=()):
-    """Turn a config mapping into command-line flags: crop_size: 128 -> --crop-size 128."""
+    """Turn a config mapping into command-line flags: crop_size: 128 -> --crop-size 128.
+
+    Sorted by key: the flags are rule params, and the same settings written in another order
+    (or filled in by the schema in its order) must not look like a change and re-run the job.
+    """
     parts = []
-    for key, value in options.items():
+    for key, value in sorted(options.items()):
         if key in exclude or value is None:
             continue
         flag = "--" + key.replace("_", "-")
@@ -77,6 +81,20 @@ def dataset_args():
 PYTHON = "OMP_NUM_THREADS={threads} python -m"
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
+
+
+def check_dataset_source():
+    """A data set folder that is not there is refused before any job runs, naming the key."""
+    kind = config["dataset"]["kind"]
+    key, path = {"folder": ("path", config["dataset"]["folder"]["path"]),
+                 "voc": ("devkit", config["dataset"]["voc"]["devkit"])}.get(kind, (None, None))
+    if path is not None and not os.path.isdir(path):
+        raise ValueError(
+            f"dataset.{kind}.{key}: {path!r} is not a directory (relative paths start at {os.getcwd()})"
+        )
+
+
+check_dataset_source()
 
 
 def check_variants():
