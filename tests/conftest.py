@@ -16,11 +16,25 @@ TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
 
 
 def pipeline_env() -> dict[str, str]:
-    """The environment a user has after `source .venv/bin/activate`: stage commands find `python`."""
+    """The environment a user has after `source .venv/bin/activate` in the repository: stage
+    commands find `python`, and `python -m stages.<name>` works from any directory."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO)
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+def stage_argv(options: dict[str, object]) -> list[str]:
+    """A stage's command line from {flag_name: value} (``crop_size`` -> ``--crop-size``); lists
+    become several values, None leaves the flag out."""
+    argv: list[str] = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return argv
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import pipeline_env, stage_argv
 from stages import infer_cam, refine, train_cam
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -59,15 +59,7 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
             "on_nonfinite": "stop", "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
             "threshold_step": 0.1, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3,
             "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10, "device": "cpu", **overrides}
-    argv = ["--no-flip"]
-    for key, value in opts.items():
-        argv.append("--" + key.replace("_", "-"))
-        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    return argv
-
-
-def stage_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return ["--no-flip"] + stage_argv(opts)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +136,7 @@ def test_resume_after_sigkill_matches_uninterrupted(cam_run: Path, refined: Path
     command = [sys.executable, "-m", "stages.refine", *cli_args(cam_run, tmp_path)]
     marker = tmp_path / "state" / "round2" / "train.pt"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=stage_env(), stdout=log, stderr=log)
+        proc = subprocess.Popen(command, env=pipeline_env(), stdout=log, stderr=log)
         deadline = time.monotonic() + 240
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -153,7 +145,7 @@ def test_resume_after_sigkill_matches_uninterrupted(cam_run: Path, refined: Path
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
     assert not (tmp_path / "refined.pt").exists(), "run finished before it could be killed"
 
-    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after round 1" in done.stderr and "resuming from" in done.stderr
     a, b = load_checkpoint(refined / "refined.pt"), load_checkpoint(tmp_path / "refined.pt")
@@ -168,7 +160,7 @@ def test_resume_after_sigkill_matches_uninterrupted(cam_run: Path, refined: Path
 def test_torchrun_two_processes_gloo(cam_run: Path, tmp_path: Path) -> None:
     command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "stages.refine",
                *cli_args(cam_run, tmp_path, rounds=1, steps=2, batch_size=2)]
-    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     net, meta = load_cam_net(tmp_path / "refined.pt")
     assert meta["refinement"]["rounds"] == 1

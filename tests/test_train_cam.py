@@ -1,7 +1,6 @@
 """train_cam on a tiny toy set: runs, DDP on gloo, guards (resume after a kill: test_kill_resume.py)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import pipeline_env, stage_argv
 from stages import train_cam
 from stages.data.classification import ClassificationDataset
 from stages.data.index import DatasetIndex
@@ -39,15 +39,7 @@ def cli_args(index: Path, out_dir: Path, **overrides) -> list[str]:
             "batch_size": 4, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
             "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "num_workers": 0,
             "on_nonfinite": "stop", "device": "cpu", **overrides}
-    argv = ["--index", str(index)]
-    for key, value in opts.items():
-        argv.append("--" + key.replace("_", "-"))
-        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    return argv
-
-
-def stage_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return ["--index", str(index)] + stage_argv(opts)
 
 
 def test_dataset_items_are_multi_hot_and_reproducible(toy_index: Path) -> None:
@@ -102,7 +94,7 @@ def _final_state(path: Path) -> dict[str, torch.Tensor]:
 def test_torchrun_two_processes_gloo(toy_index: Path, tmp_path: Path) -> None:
     command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "stages.train_cam",
                *cli_args(toy_index, tmp_path, steps=3, batch_size=2)]
-    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     net, meta = load_cam_net(tmp_path / "model.pt")
     assert meta["train"]["world_size"] == 2

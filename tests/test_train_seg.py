@@ -1,7 +1,6 @@
 """train_seg with the ``ce`` method on a tiny toy set whose pseudo labels are its GT masks."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import pipeline_env, stage_argv
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
@@ -48,17 +48,7 @@ def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> li
             "color_jitter": 0.2, "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01,
             "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0,
             "num_workers": 0, "on_nonfinite": "stop", "device": "cpu", **overrides}
-    argv = ["--index", str(index)]
-    for key, value in opts.items():
-        if value is None:
-            continue
-        argv.append("--" + key.replace("_", "-"))
-        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-    return argv
-
-
-def stage_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return ["--index", str(index)] + stage_argv(opts)
 
 
 def test_dataset_crops_and_labels(toy) -> None:
@@ -129,7 +119,7 @@ def test_resume_after_sigkill_matches_uninterrupted(toy, tmp_path: Path) -> None
     command = [sys.executable, "-m", "stages.train_seg", *cli_args(index_path, labels, killed, **steps)]
     killed.mkdir()
     with open(killed / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=stage_env(), stdout=log, stderr=log)
+        proc = subprocess.Popen(command, env=pipeline_env(), stdout=log, stderr=log)
         deadline = time.monotonic() + 120
         while not (killed / "ckpt.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -139,7 +129,7 @@ def test_resume_after_sigkill_matches_uninterrupted(toy, tmp_path: Path) -> None
     assert not (killed / "model.pt").exists(), "run finished before it could be killed"
     assert load_checkpoint(killed / "ckpt.pt")["step"] < steps["steps"]
 
-    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming from" in done.stderr
     a, b = load_checkpoint(whole / "model.pt")["model"], load_checkpoint(killed / "model.pt")["model"]
@@ -153,7 +143,7 @@ def test_torchrun_two_processes_gloo(toy, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stages.train_seg",
                *cli_args(index_path, labels, tmp_path, steps=2, batch_size=2)]
-    done = subprocess.run(command, env=stage_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _, meta = load_trained_model(tmp_path / "model.pt", "cpu")
     assert meta["train"]["world_size"] == 2
