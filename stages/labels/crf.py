@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,9 @@ class CRFParams:
 def add_crf_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True) -> None:
     """``--iterations``, ``--gaussian-sxy``, ... : one flag per ``CRFParams`` field, the same in
     every stage that runs the CRF (the workflow passes the config's ``crf`` mapping as flags)."""
-    for field in dataclasses.fields(CRFParams):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=int if field.type == "int" else float,
-                            required=required, help=None if required else "dense CRF parameter")
+    for name, kind in typing.get_type_hints(CRFParams).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, required=required,
+                            help=None if required else "dense CRF parameter")
 
 
 def crf_params_from(args: argparse.Namespace) -> CRFParams:
