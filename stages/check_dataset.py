@@ -2,16 +2,18 @@
 
     python -m stages.check_dataset --index IN.json --policy stop|skip --report OUT.csv --out-index OUT.json
 
-The report (CSV: id, split, file, problem) is always written. With ``stop``, any problem ends
-the stage with exit status 1 and no output index; with ``skip``, the images concerned are
-dropped from every split of the output index. A split that is (or ends up) empty stops it either way.
+The report (CSV: id, split, file, problem, severity) is always written. With ``stop``, any
+error ends the stage with exit status 1 and no output index; with ``skip``, the images concerned
+are dropped from every split of the output index. A split that is (or ends up) empty stops it
+either way. Warnings (an EXIF orientation tag, which is ignored) never stop or drop anything:
+they are printed and kept in the report.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from stages.data.checks import check_index, drop_images, summarize, write_report
+from stages.data.checks import ERROR, check_index, drop_images, summarize, write_report
 from stages.data.index import DatasetIndex
 
 
@@ -30,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     index = DatasetIndex.load(args.index)
-    problems = check_index(index, progress=args.progress)
-    write_report(args.report, problems)
+    report = check_index(index, progress=args.progress)
+    write_report(args.report, report)
+    warnings = [p for p in report if p.severity != ERROR]
+    if warnings:
+        print(f"{len(warnings)} warning(s) in data set {index.name!r}:\n{summarize(warnings)}\n"
+              f"full list: {args.report}", file=sys.stderr)
+    problems = [p for p in report if p.severity == ERROR]
     if problems and args.policy == "stop":
         raise SystemExit(f"{len(problems)} problem(s) in data set {index.name!r} ({args.index}):\n"
                          f"{summarize(problems)}\nfull list: {args.report}")

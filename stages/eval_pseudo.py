@@ -1,7 +1,12 @@
 """Stage: quality of pseudo labels against the ground-truth masks of a split.
 
-mIoU and precision count only labelled pixels (255 in the pseudo label is skipped); coverage is
-the share of valid ground-truth pixels that received a label.
+Two mIoUs, because a pseudo label may abstain (255):
+
+- ``miou``: the field's figure (IRN's evaluation), an ignored pixel counted as background; what
+  papers report and what to compare with them;
+- ``miou_labelled``: labelled pixels only (255 skipped). It rises when a label abstains on hard
+  pixels, so it is read together with ``coverage``, the share of valid ground-truth pixels that
+  received a label. ``precision`` (pixel accuracy) counts labelled pixels only too.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--index", required=True)
     p.add_argument("--labels", required=True, help="directory of <id>.png pseudo labels")
     p.add_argument("--split", required=True, help="split with ground-truth masks (train)")
-    p.add_argument("--out-summary", required=True, help="CSV: miou, precision, coverage, n_images")
-    p.add_argument("--out-per-class", required=True, help="CSV: class, iou")
+    p.add_argument("--out-summary", required=True,
+                   help="CSV: miou, miou_labelled, precision, coverage, n_images")
+    p.add_argument("--out-per-class", required=True, help="CSV: class, iou, iou_labelled")
     return p.parse_args(argv)
 
 
@@ -47,14 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
     matrix = score_labels(index, Path(args.labels), args.split)
-    summary = pd.DataFrame([{"miou": matrix.miou(), "precision": matrix.pixel_accuracy(),
-                             "coverage": matrix.coverage(), "n_images": len(index.ids(args.split))}])
-    per_class = pd.DataFrame({"class": index.classes, "iou": matrix.iou()})
+    as_background = matrix.ignored_as(0)
+    summary = pd.DataFrame([{"miou": as_background.miou(), "miou_labelled": matrix.miou(),
+                             "precision": matrix.pixel_accuracy(), "coverage": matrix.coverage(),
+                             "n_images": len(index.ids(args.split))}])
+    per_class = pd.DataFrame({"class": index.classes, "iou": as_background.iou(),
+                              "iou_labelled": matrix.iou()})
     for path, frame in ((args.out_summary, summary), (args.out_per_class, per_class)):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6f")
     row = summary.iloc[0]
-    print(f"pseudo labels {args.labels}: mIoU {row.miou:.4f}, precision {row.precision:.4f}, "
+    print(f"pseudo labels {args.labels}: mIoU {row.miou:.4f} (ignored = background), "
+          f"mIoU of labelled pixels {row.miou_labelled:.4f}, precision {row.precision:.4f}, "
           f"coverage {row.coverage:.4f}")
 
 

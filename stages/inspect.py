@@ -2,7 +2,8 @@
 
 ``python -m stages.inspect cams.h5`` prints the file's attributes and entries.
 ``python -m stages.inspect --index IDX --cams cams.h5 [--labels DIR] --ids ID ... --out-dir DIR``
-writes <id>.png: the image, one CAM heatmap per present class, the pseudo label and the mask.
+writes <id>.png: the image, one CAM heatmap per present class (with a colour bar), the pseudo
+label and the mask (with a legend of the classes they show).
 """
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
+from stages.data.ids import check_id
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.io.atomic import atomic_path
 from stages.io.cam_store import CamReader
-from stages.io.label_png import colorize, read_label
+from stages.io.label_png import IGNORE, colorize, read_label
+
+HEAT_ALPHA = 0.5  # share of the CAM colour in a heatmap tile, the rest is the image
 
 
 def _format_attr(value: object) -> str:
@@ -61,7 +68,18 @@ def describe_hdf5(path: str | os.PathLike, limit: int = 20) -> str:
 
 def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
-    return 0.5 * image / 255.0 + 0.5 * heat
+    return (1 - HEAT_ALPHA) * image / 255.0 + HEAT_ALPHA * heat
+
+
+def class_legend(classes: list[str], label_maps: list[np.ndarray]) -> list[Patch]:
+    """A swatch per class value shown in the label maps (and for 255, the ignored pixels)."""
+    shown = sorted(set().union(*(np.unique(m).tolist() for m in label_maps)))
+    handles = []
+    for value in shown:
+        colour = colorize(np.array([[value]], dtype=np.uint8))[0, 0] / 255.0
+        name = "ignored" if value == IGNORE else classes[value] if value < len(classes) else "?"
+        handles.append(Patch(facecolor=colour, edgecolor="black", linewidth=0.5, label=f"{value} {name}"))
+    return handles
 
 
 def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path: Path,
@@ -72,20 +90,30 @@ def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path
     if image.shape[:2] != entry.size:
         raise ValueError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, the image is "
                          f"{image.shape[:2]}")
-    tiles = [("image", image)]
-    tiles += [(f"CAM {index.classes[c]}", _heatmap(image, cam))
-              for c, cam in zip(entry.class_indices, entry.cams)]
+    cams = [(f"CAM {index.classes[c]}", _heatmap(image, cam)) for c, cam in zip(entry.class_indices, entry.cams)]
+    label_maps = []
     if labels_dir is not None:
-        tiles.append(("pseudo label", colorize(read_label(labels_dir / f"{image_id}.png"))))
+        label_maps.append(("pseudo label", read_label(labels_dir / f"{image_id}.png")))
     mask_path = index.mask_path(image_id, reader.meta.split)
     if mask_path.is_file():
-        tiles.append(("ground truth", colorize(read_label(mask_path))))
-    fig = Figure(figsize=(3 * len(tiles), 2.8), layout="constrained")
-    for i, (title, tile) in enumerate(tiles):
-        ax = fig.add_subplot(1, len(tiles), i + 1)
+        label_maps.append(("ground truth", read_label(mask_path)))
+    tiles = [("image", image), *cams, *((title, colorize(m)) for title, m in label_maps)]
+    fig = Figure(figsize=(3 * len(tiles) + 1.5, 2.8), layout="constrained")
+    axes = fig.subplots(1, len(tiles), squeeze=False)[0]
+    for ax, (title, tile) in zip(axes, tiles):
         ax.imshow(tile)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
+    if cams:
+        # beside the last CAM tile, as tall as it: a bar under some tiles only would shift those
+        cax = axes[len(cams)].inset_axes([1.03, 0.0, 0.05, 1.0])
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), cax=cax)
+        bar.set_label(f"CAM (1 = class max),\n{HEAT_ALPHA:.0%} over the image", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+    if label_maps:
+        handles = class_legend(index.classes, [m for _, m in label_maps])
+        fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
+                   title="label colours", title_fontsize=8)
     fig.suptitle(image_id, fontsize=10)
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
@@ -118,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     with CamReader(args.cams) as reader:
         reader.check_matches(index, args.ids)
         for image_id in args.ids:
-            out = Path(args.out_dir) / f"{image_id}.png"
+            out = Path(args.out_dir) / f"{check_id(image_id, '--ids')}.png"
             render_panel(index, reader, image_id, out, labels_dir)
             print(out)
 

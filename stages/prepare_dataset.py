@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     folder = p.add_argument_group("folder")
     folder.add_argument("--path", help="a VOC-format folder, read in place")
     folder.add_argument("--labels", choices=LABEL_SOURCES, help="where image-level labels come from")
+    folder.add_argument("--follow-symlinks-outside", action=argparse.BooleanOptionalAction, default=False,
+                        help="accept images, masks and scribbles that are symbolic links leading outside "
+                             "the folder (also for --kind voc; refused by default)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on stderr")
     return p
@@ -72,9 +75,11 @@ def main(argv: list[str] | None = None) -> None:
                              max_size=args.max_size, seed=args.seed, progress=args.progress)
     elif args.kind == "voc":
         index = prepare_voc(args.root, args.download_dir, args.archives, args.retries,
-                            devkit=args.devkit, progress=args.progress)
+                            devkit=args.devkit, progress=args.progress,
+                            follow_symlinks_outside=args.follow_symlinks_outside)
     else:
-        index = read_voc_folder(args.path, args.labels, progress=args.progress)
+        index = read_voc_folder(args.path, args.labels, progress=args.progress,
+                                follow_symlinks_outside=args.follow_symlinks_outside)
     index.save(args.index)
     sizes = ", ".join(f"{split} {len(ids)}" for split, ids in index.splits.items())
     print(f"{index.name}: {index.num_classes} classes, {sizes}; index written to {args.index}",

@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 
 from stages.data.index import DatasetIndex
-from stages.io.checkpoint import check_meta, file_sha256, save_checkpoint
+from stages.io.checkpoint import check_meta, file_sha256, save_model
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
-from stages.plmix.rounds import Operations, PLMixSettings, RoundTraining, refinement_meta, run_rounds, state_meta
+from stages.plmix.rounds import Operations, PLMixSettings, refinement_meta, run_rounds, state_meta
 from stages.plmix.training import MixLoss
 from stages.runtime.distributed import distributed_session
-from stages.runtime.train_args import add_training_arguments, augment_config, loop_config, training_meta
+from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import NonFiniteLossError
 
 
@@ -89,7 +89,7 @@ def read_best(path: Path) -> tuple[float, float]:
         raise ValueError(f"{path}: cannot read eval_cam's best threshold ({type(exc).__name__}: {exc})") from exc
 
 
-def settings_from(args: argparse.Namespace) -> PLMixSettings:
+def plmix_settings_from(args: argparse.Namespace) -> PLMixSettings:
     return PLMixSettings(
         rounds=args.rounds, paste_transform_from_round=args.paste_transform_from_round,
         paste_scale_range=tuple(args.paste_scale_range), paste_max_rotation=args.paste_max_rotation,
@@ -105,9 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
     start = read_best(args.best)
-    settings = settings_from(args)
-    training = RoundTraining(aug=augment_config(args), loop=loop_config(args), optimizer=args.optimizer,
-                             lr=args.lr, head_lr_mult=args.head_lr_mult, weight_decay=args.weight_decay)
+    settings = plmix_settings_from(args)
+    training = settings_from(args)
     ops = Operations(crf_workers=args.crf_workers, infer_batch_size=args.infer_batch_size)
     with distributed_session(args.device) as ctx:
         net, source_meta = load_cam_net(args.checkpoint, ctx.device)
@@ -115,16 +114,15 @@ def main(argv: list[str] | None = None) -> None:
         source_sha = file_sha256(args.checkpoint)
         meta = state_meta(settings, {"from_checkpoint_sha256": source_sha, "start_threshold": start[0],
                                      "split": args.split, "eval_split": args.eval_split,
-                                     "train": training_meta(args, ctx.world_size)})
+                                     "train": training.meta(ctx.world_size)})
         try:
             state = run_rounds(net, index, args.split, args.eval_split, start, settings, training, ops,
                                args.state_dir, args.rounds_csv, meta, source_meta, ctx)
         except NonFiniteLossError as exc:
             sys.exit(f"refine: {exc}; no model written to {args.out}")
         if ctx.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             refinement = refinement_meta(args.rounds, source_sha, state.threshold)
-            save_checkpoint(args.out, {"model": weights, "meta": {**source_meta, "refinement": refinement}})
+            save_model(args.out, net, {**source_meta, "refinement": refinement})
             print(f"refined CAM network written to {args.out} after {args.rounds} round(s); "
                   f"final camT {state.threshold:.3f}")
 

@@ -1,9 +1,11 @@
 """One table over every stage and variant (CSV + Markdown), a bar plot of the variants, training curves.
 
-Rows, by ``stage``:
+Rows, by ``stage``, each with the ``split`` it was measured on:
 - ``cam``: CAM mIoU at the best background threshold of the eval_cam sweep;
-- ``pseudo_labels``: mIoU, precision and coverage of each refinement's pseudo labels;
-- ``segmentation``: val mIoU of each variant, single scale and multi-scale (+ CRF when run);
+- ``refine``: one row per PL-Mix round, the refined network's CAM mIoU at its best threshold;
+- ``pseudo_labels``: per refinement, ``miou`` with ignored (255) pixels counted as background (the
+  field's figure), ``miou_labelled`` over labelled pixels only, precision and coverage;
+- ``segmentation``: mIoU of each variant, single scale and multi-scale (+ CRF when run);
 - one row per Snakemake benchmark file ``<rule>[-<wildcards>].tsv``: its wall-clock seconds
   (mean of the ``s`` column when a rule was benchmarked repeatedly) under ``stage`` = the rule and
   ``name`` = the wildcard values ("-" for a rule without wildcards).
@@ -22,13 +24,28 @@ from matplotlib.figure import Figure
 
 from stages.io.atomic import atomic_path, write_text
 
-COLUMNS = ["stage", "name", "miou", "miou_multiscale", "miou_multiscale_crf", "precision", "coverage",
-           "threshold", "seconds"]
+COLUMNS = ["stage", "name", "split", "miou", "miou_labelled", "miou_multiscale", "miou_multiscale_crf",
+           "precision", "coverage", "threshold", "seconds"]
 SEG_MODE_COLUMNS = {"single": "miou", "multiscale": "miou_multiscale", "multiscale+crf": "miou_multiscale_crf"}
 MODE_LABELS = {"miou": "single scale", "miou_multiscale": "multi-scale + flip",
                "miou_multiscale_crf": "multi-scale + flip + CRF"}
-NOT_CURVES = {"step", "epoch", "lr", "img_per_s", "skipped"}  # training-metrics columns that are not losses
-
+NOT_CURVES = {"step", "epoch", "img_per_s", "skipped"}  # training-metrics columns that are not losses
+# (nor are the learning rates: ``lr`` and ``lr_*``)
+NOTES = {  # summary.md's key to the columns, for those the table has
+    "split": "the split every score of the row was measured on",
+    "miou": "pseudo labels: an ignored (255) pixel counts as background, as in IRN's evaluation and "
+            "the papers; this is the figure to compare with published ones. cam, refine: at the "
+            "best background threshold (`threshold`). segmentation: single scale",
+    "miou_labelled": "pseudo labels: labelled pixels only (255 skipped); abstaining raises it, so read "
+                     "it with `coverage`. Not comparable with published pseudo-label mIoU",
+    "miou_multiscale": "segmentation: multi-scale + flip",
+    "miou_multiscale_crf": "segmentation: multi-scale + flip, then dense CRF",
+    "precision": "pseudo labels: pixel accuracy over labelled pixels",
+    "coverage": "pseudo labels: share of valid ground-truth pixels that received a label",
+    "threshold": "background score of the best CAM threshold",
+    "seconds": "wall time of the rule's job (`stage` = rule, `name` = its wildcards), from Snakemake's "
+               "benchmark files",
+}
 
 def named_paths(values: Sequence[str], flag: str) -> dict[str, Path]:
     """``NAME=PATH`` arguments as an ordered mapping; names must be unique."""
@@ -51,31 +68,47 @@ def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def cam_row(best_json: Path) -> dict:
+def cam_row(best_json: Path, split: str) -> dict:
     try:
         best = json.loads(best_json.read_text())
-        return {"stage": "cam", "name": "cam", "miou": float(best["miou"]), "threshold": float(best["threshold"])}
+        return {"stage": "cam", "name": "cam", "split": split, "miou": float(best["miou"]),
+                "threshold": float(best["threshold"])}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{best_json}: not an eval_cam best-threshold JSON ({exc})") from exc
 
 
-def pseudo_rows(summaries: dict[str, Path]) -> list[dict]:
+def refine_rows(rounds: dict[str, Path], split: str) -> list[dict]:
+    """One row per finished PL-Mix round (round 0, the raw CAMs, is the ``cam`` row)."""
     rows = []
-    for name, path in summaries.items():
-        row = read_csv(path, ["miou", "precision", "coverage"]).iloc[0]
-        rows.append({"stage": "pseudo_labels", "name": name, "miou": row["miou"],
-                     "precision": row["precision"], "coverage": row["coverage"]})
+    for name, path in rounds.items():
+        frame = read_csv(path, ["round", "eval_threshold", "eval_miou"])
+        rows += [{"stage": "refine", "name": f"{name} round {int(r['round'])}", "split": split,
+                  "miou": r["eval_miou"], "threshold": r["eval_threshold"]}
+                 for _, r in frame[frame["round"] > 0].iterrows()]
     return rows
 
 
-def variant_rows(metrics: dict[str, Path]) -> list[dict]:
+def pseudo_rows(summaries: dict[str, Path], split: str) -> list[dict]:
+    rows = []
+    for name, path in summaries.items():
+        if "miou_labelled" not in pd.read_csv(path, nrows=0).columns:
+            raise ValueError(f"{path}: no miou_labelled column: made by an older eval_pseudo, whose miou "
+                             f"skipped ignored pixels; re-run it (snakemake --forcerun eval_pseudo)")
+        row = read_csv(path, ["miou", "miou_labelled", "precision", "coverage"]).iloc[0]
+        rows.append({"stage": "pseudo_labels", "name": name, "split": split, "miou": row["miou"],
+                     "miou_labelled": row["miou_labelled"], "precision": row["precision"],
+                     "coverage": row["coverage"]})
+    return rows
+
+
+def variant_rows(metrics: dict[str, Path], split: str) -> list[dict]:
     rows = []
     for name, path in metrics.items():
         frame = read_csv(path, ["mode", "miou"])
         unknown = set(frame["mode"]) - SEG_MODE_COLUMNS.keys()
         if unknown:
             raise ValueError(f"{path}: unknown evaluation mode(s) {sorted(unknown)}")
-        rows.append({"stage": "segmentation", "name": name,
+        rows.append({"stage": "segmentation", "name": name, "split": split,
                      **{SEG_MODE_COLUMNS[m]: v for m, v in zip(frame["mode"], frame["miou"])}})
     return rows
 
@@ -99,9 +132,11 @@ def benchmark_seconds(path: Path) -> float:
     return float(frame["s"].mean())
 
 
-def summary_table(cam_best: Path, pseudo: dict[str, Path], variants: dict[str, Path],
-                  benchmarks: Path) -> pd.DataFrame:
-    rows = [cam_row(cam_best), *pseudo_rows(pseudo), *variant_rows(variants), *benchmark_rows(benchmarks)]
+def summary_table(cam_best: Path, pseudo: dict[str, Path], variants: dict[str, Path], benchmarks: Path,
+                  rounds: dict[str, Path] | None = None, *, cam_split: str, seg_split: str) -> pd.DataFrame:
+    """``cam_split``: where CAMs, rounds and pseudo labels were scored; ``seg_split``: the segmenters."""
+    rows = [cam_row(cam_best, cam_split), *refine_rows(rounds or {}, cam_split), *pseudo_rows(pseudo, cam_split),
+            *variant_rows(variants, seg_split), *benchmark_rows(benchmarks)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.dropna(axis=1, how="all")
 
@@ -121,43 +156,123 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(table: pd.DataFrame) -> str:
+    """summary.md: the table, then what each of its score columns means."""
+    notes = [f"- `{c}`: {NOTES[c]}." for c in table.columns if c in NOTES]
+    return ("# Summary\n\n" + to_markdown(table) + "\nColumns:\n\n" + "\n".join(notes) + "\n")
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def _split_of(rows: pd.DataFrame) -> str:
+    splits = sorted(set(rows["split"].dropna())) if "split" in rows else []
+    return "/".join(splits) or "?"
+
+
+def _bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]], colors: Sequence[str],
+          hatches: Sequence[str] = ()) -> None:
+    """Grouped bars (one group per name, one bar per series that has a value there, centred on
+    the group's tick) with their values written on top."""
+    values = [[float(v) for v in column] for column in series.values()]
+    width = 0.8 / max(1, len(series))
+    for k, (label, column) in enumerate(zip(series, values)):
+        x, heights = [], []
+        for i in range(len(groups)):
+            present = [j for j in range(len(values)) if not math.isnan(values[j][i])]
+            if k in present:
+                x.append(i + (present.index(k) - (len(present) - 1) / 2) * width)
+                heights.append(column[i])
+        bars = ax.bar(x, heights, width, label=label, color=colors[k], edgecolor="white",
+                      hatch=hatches[k] if k < len(hatches) else None)
+        ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=1)
+    ax.set_xticks(range(len(groups)), groups)
+
+
 def plot_variants(table: pd.DataFrame, path: Path) -> None:
-    """Grouped bars: one group per variant, one bar per evaluation mode; the CAM score as a line."""
+    """Two panels, one split each, so no figure of one split is drawn over bars of another:
+    left, every variant's segmenter per evaluation mode; right, the CAMs and the pseudo labels
+    of every refinement, the field's mIoU beside the mIoU of labelled pixels."""
     seg = table[table["stage"] == "segmentation"]
+    labels = table[table["stage"].isin(["cam", "pseudo_labels"])]
+    fig = Figure(figsize=(max(8.0, 1.3 * (len(seg) + len(labels)) + 4), 4.0), layout="constrained")
+    ax_seg, ax_labels = fig.subplots(1, 2, width_ratios=[max(1, len(seg)), max(1, len(labels))], sharey=True)
+
     modes = [c for c in SEG_MODE_COLUMNS.values() if c in seg.columns and seg[c].notna().any()]
-    fig = Figure(figsize=(max(4.0, 1.5 * len(seg) + 2), 3.5))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(modes))
-    for k, column in enumerate(modes):
-        ax.bar([i + k * width for i in range(len(seg))], seg[column], width, label=MODE_LABELS[column])
-    ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(seg))], seg["name"])
-    cam = table.loc[table["stage"] == "cam", "miou"]
-    if len(cam):
-        ax.axhline(cam.iloc[0], color="gray", linestyle="--", label="CAM (best threshold)")
-    ax.set_ylabel("mIoU")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
+    _bars(ax_seg, list(seg["name"]), {MODE_LABELS[c]: seg[c] for c in modes}, colors=("C0", "C1", "C4"))
+    ax_seg.set_title(f"segmenters, {_split_of(seg)} split")
+    ax_seg.set_xlabel("variant")
+    if seg.empty:
+        ax_seg.text(0.5, 0.5, "no variants", ha="center", va="center", transform=ax_seg.transAxes)
+
+    groups = ["CAM" if s == "cam" else f"pseudo labels\n{n}" for s, n in zip(labels["stage"], labels["name"])]
+    series = {"mIoU (pseudo labels: 255 = background)": labels["miou"]}
+    if "miou_labelled" in labels and labels["miou_labelled"].notna().any():
+        series["mIoU of labelled pixels only"] = labels["miou_labelled"]
+    _bars(ax_labels, groups, series, colors=("C2", "C2"), hatches=("", "//"))
+    ax_labels.set_title(f"CAMs and pseudo labels, {_split_of(labels)} split")
+
+    shown = [(seg, modes), (labels, [c for c in ("miou", "miou_labelled") if c in labels])]
+    top = max((float(frame[c].max()) for frame, columns in shown for c in columns if frame[c].notna().any()),
+              default=1.0)
+    ax_seg.set_ylim(0, min(1.0, math.ceil(top * 14) / 10))  # (shared) room for the legends above the bars
+    ax_seg.set_ylabel("mIoU")
+    for ax in (ax_seg, ax_labels):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small", loc="best")
     save_figure(fig, path)
 
 
-def plot_curves(curves: dict[str, Path], path: Path) -> None:
-    """One panel per training run: every loss term against the step."""
-    fig = Figure(figsize=(4.5 * max(1, len(curves)), 3.2))
-    axes = fig.subplots(1, max(1, len(curves)), squeeze=False)[0]
+def smoothing_window(steps: int) -> int:
+    """Steps in the running mean of the curves: about a twentieth of the run, at least 1."""
+    return max(1, min(100, steps // 20))
+
+
+def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | None = None,
+                rounds_split: str = "?") -> None:
+    """One panel per training run: every loss term against the step, raw (faint) and as a running
+    mean; then one panel per PL-Mix refinement: the CAM mIoU after each round."""
+    rounds = rounds or {}
+    panels = max(1, len(curves) + len(rounds))
+    ncols = min(3, panels)
+    nrows = math.ceil(panels / ncols)
+    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax, (name, csv) in zip(axes, curves.items()):
         frame = read_csv(csv, ["step", "loss"])
-        for column in [c for c in frame.columns if c not in NOT_CURVES]:
-            ax.plot(frame["step"], frame[column], label=column, linewidth=1)
-        ax.set_title(name)
+        window = smoothing_window(len(frame))
+        terms = [c for c in frame.columns if c not in NOT_CURVES and c != "lr" and not c.startswith("lr_")]
+        # a term equal to the total (a one-term loss) would hide under it: named in its label instead
+        same = [c for c in terms if c != "loss" and frame[c].equals(frame["loss"])]
+        for k, column in enumerate(c for c in terms if c not in same):
+            label = f"loss (= {', '.join(same)})" if column == "loss" and same else column
+            ax.plot(frame["step"], frame[column], color=f"C{k}", linewidth=0.6, alpha=0.3)
+            ax.plot(frame["step"], frame[column].rolling(window, min_periods=1).mean(), color=f"C{k}",
+                    linewidth=1.5, label=label)
+        ax.set_title(f"{name}: training loss")
         ax.set_xlabel("step")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+        ax.set_ylabel("loss")
+        ax.legend(fontsize="small", title=f"mean of {window} steps (faint: each step)",
+                  title_fontsize="x-small")
+    for ax, (name, csv) in zip(axes[len(curves):], rounds.items()):
+        frame = read_csv(csv, ["round", "eval_threshold", "eval_miou"])
+        ax.plot(frame["round"], frame["eval_miou"], marker="o", color="C3",
+                label="mIoU at the best background\nthreshold t of each round")
+        for r, miou, threshold in zip(frame["round"], frame["eval_miou"], frame["eval_threshold"]):
+            ax.annotate(f"{miou:.3f}\nt={threshold:.2f}", (r, miou), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize="x-small")
+        ax.set_xticks(list(frame["round"]))
+        low, high = float(frame["eval_miou"].min()), float(frame["eval_miou"].max())
+        span = max(high - low, 0.1)  # so that a change in the third decimal does not fill the panel
+        ax.set_ylim(max(0.0, low - 0.3 * span), min(1.0, high + 0.6 * span))
+        ax.legend(fontsize="small", loc="upper left")
+        ax.set_title(f"{name}: CAMs after each PL-Mix round")
+        ax.set_xlabel("round (0 = the CAMs before refinement)")
+        ax.set_ylabel(f"CAM mIoU, {rounds_split} split")
+    for ax in axes[len(curves) + len(rounds):]:
+        ax.set_visible(False)
     save_figure(fig, path)
 
 
@@ -167,6 +282,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pseudo", nargs="+", default=[], metavar="NAME=CSV", help="eval_pseudo summaries")
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=CSV", help="evaluate metrics")
     p.add_argument("--train-metrics", nargs="+", default=[], metavar="NAME=CSV", help="training metrics")
+    p.add_argument("--refine-rounds", nargs="*", default=[], metavar="NAME=CSV",
+                   help="PL-Mix rounds.csv of each refinement")
+    p.add_argument("--cam-split", required=True,
+                   help="split the CAMs, PL-Mix rounds and pseudo labels were scored on (cam.eval.split)")
+    p.add_argument("--seg-split", required=True, help="split the segmenters were evaluated on")
     p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark TSVs")
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-md", type=Path, required=True)
@@ -177,11 +297,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    rounds = named_paths(args.refine_rounds, "--refine-rounds")
     table = summary_table(args.cam_sweep_best, named_paths(args.pseudo, "--pseudo"),
-                          named_paths(args.variant, "--variant"), args.benchmarks)
+                          named_paths(args.variant, "--variant"), args.benchmarks, rounds,
+                          cam_split=args.cam_split, seg_split=args.seg_split)
     plot_variants(table, args.out_plot_variants)
-    plot_curves(named_paths(args.train_metrics, "--train-metrics"), args.out_plot_curves)
-    write_text(args.out_md, to_markdown(table))
+    plot_curves(named_paths(args.train_metrics, "--train-metrics"), args.out_plot_curves, rounds, args.cam_split)
+    write_text(args.out_md, summary_markdown(table))
     with atomic_path(args.out_csv) as tmp:
         table.to_csv(tmp, index=False)
     print(to_markdown(table), file=sys.stderr)

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 from stages.data.classification import ClassificationDataset
 from stages.data.index import DatasetIndex
-from stages.io.checkpoint import save_checkpoint
+from stages.data.transforms import AugmentConfig
+from stages.io.checkpoint import save_model
 from stages.models.cam_net import POOLINGS, CAMNet
 from stages.runtime.distributed import distributed_session
-from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.train_args import add_training_arguments, augment_config, loop_config, training_meta
+from stages.runtime.hooks import StepContext, TrainHooks
+from stages.runtime.settings import TrainSettings, add_training_arguments, settings_from
 from stages.runtime.trainer import NonFiniteLossError, train_loop
 
 
@@ -38,13 +39,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def classification_step(net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+class Classification(TrainHooks):
     """Multi-label soft-margin loss, computed in float32 even under bf16 autocast."""
-    logits = net(batch["image"])
-    return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["labels"])}
+
+    def training_step(self, net: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = net(batch["image"])
+        return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["labels"])}
 
 
-def run_meta(args: argparse.Namespace, index: DatasetIndex, world_size: int) -> dict[str, Any]:
+def run_meta(args: argparse.Namespace, settings: TrainSettings, index: DatasetIndex,
+             world_size: int) -> dict[str, Any]:
     """What the model is (read by load_cam_net) plus everything that shapes the training result.
 
     The trainer does not resume a checkpoint whose meta differs, so a changed backbone, data
@@ -53,29 +58,25 @@ def run_meta(args: argparse.Namespace, index: DatasetIndex, world_size: int) -> 
     return {
         "backbone": args.backbone, "weights": args.weights, "pooling": args.pooling,
         "num_classes": index.num_classes - 1, "classes": list(index.classes), "dataset": index.name,
-        "train": {"split": args.split, **training_meta(args, world_size)},
+        "train": {"split": args.split, **settings.meta(world_size)},
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    settings = settings_from(args)
     index = DatasetIndex.load(args.index)
-    dataset = ClassificationDataset(index, args.split, augment_config(args), args.seed)
+    dataset = ClassificationDataset(index, args.split, AugmentConfig.from_settings(settings), settings.seed)
     with distributed_session(args.device) as ctx:
-        meta = run_meta(args, index, ctx.world_size)
-        torch.manual_seed(args.seed)
+        meta = run_meta(args, settings, index, ctx.world_size)
+        torch.manual_seed(settings.seed)
         model = CAMNet(args.backbone, meta["num_classes"], weights=args.weights, pooling=args.pooling)
-        optimizer = build_optimizer(args.optimizer, model.param_groups(args.head_lr_mult), args.lr,
-                                    args.weight_decay)
-        scheduler = poly_schedule(optimizer, args.steps)
         try:
-            train_loop(model, optimizer, scheduler, dataset, classification_step, loop_config(args), ctx,
-                       args.checkpoint, args.metrics, meta)
+            train_loop(model, Classification(), dataset, settings, ctx, args.checkpoint, args.metrics, meta)
         except NonFiniteLossError as exc:
             sys.exit(f"train_cam: {exc}; no model written to {args.out}")
         if ctx.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_checkpoint(args.out, {"model": weights, "meta": meta})
+            save_model(args.out, model, meta)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Train a segmenter with a registered method (``ce``, ...) on the shared cache.
 
 Reads top to bottom: arguments -> method and its inputs -> model (optionally starting from the
-CAM network's backbone) -> data -> optimiser -> the shared resumable loop -> final model file.
-Started by ``torchrun`` it trains with DDP; a plain ``python -m`` runs one process.
+CAM network's backbone or from another segmenter) -> data -> the shared resumable loop, driven by
+the method's hooks -> final model file. Started by ``torchrun`` it trains with DDP; a plain
+``python -m`` runs one process.
 """
 from __future__ import annotations
 
@@ -15,17 +16,15 @@ import torch
 from torch import nn
 
 from stages.data.index import DatasetIndex
-from stages.io.checkpoint import file_sha256, save_checkpoint
+from stages.data.transforms import AugmentConfig
+from stages.io.checkpoint import file_sha256, save_model
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
-from stages.models.segmenter import DECODERS, SegmenterSpec, init_backbone_from_cam
+from stages.models.decoders import DECODERS
+from stages.models.segmenter import SegmenterSpec, init_backbone_from_cam, init_from_segmenter
 from stages.runtime.distributed import DistContext, distributed_session
-from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.train_args import add_training_arguments, augment_config, loop_config, training_meta
+from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import train_loop
-
-NEED_FLAGS = {"pseudo_labels": "--pseudo-labels DIR", "cam_checkpoint": "--init-from-cam model.pt",
-              "scribbles": "an index with scribbles"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,15 +34,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--method-options", default="{}", help="JSON object of the method's options")
     p.add_argument("--pseudo-labels", type=Path, help="folder of <id>.png pseudo labels for the split")
+    p.add_argument("--cam-checkpoint", type=Path, help="CAM network file, for methods that read it")
     p.add_argument("--init-from-cam", type=Path, help="CAM model file whose backbone starts the segmenter")
+    p.add_argument("--init-from-model", type=Path,
+                   help="trained segmenter file (another variant's model.pt) that starts the whole model")
     p.add_argument("--backbone", required=True)
     p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet or a weights file")
-    p.add_argument("--decoder", required=True, choices=DECODERS)
+    p.add_argument("--decoder", required=True, choices=sorted(DECODERS))
     p.add_argument("--out", type=Path, required=True, help="final model file (written when training is done)")
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state")
     p.add_argument("--metrics", type=Path, required=True, help="per-step metrics CSV")
+    p.add_argument("--state-dir", type=Path, help="the method's own files, kept across kills")
+    p.add_argument("--outputs", type=Path, help="folder for what the method shows the user (report)")
     add_training_arguments(p)
     args = p.parse_args(argv)
+    if args.init_from_cam and args.init_from_model:
+        p.error("--init-from-cam and --init-from-model exclude each other")
     try:
         args.method_options = json.loads(args.method_options)
     except json.JSONDecodeError as exc:
@@ -57,37 +63,41 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     """Train (or resume) and write the final model file; returns the bare trained model."""
     index = DatasetIndex.load(args.index)
     method = get_method(args.method, args.method_options)
-    inputs = TrainInputs(index, args.split, args.pseudo_labels, args.init_from_cam)
+    inputs = TrainInputs(index, args.split, args.pseudo_labels, args.cam_checkpoint)
     missing = missing_inputs(method, inputs)
     if missing:
-        raise ValueError(f"method {method.name!r} needs {', '.join(NEED_FLAGS[m] for m in missing)}")
-
-    torch.manual_seed(args.seed)
+        raise ValueError(f"method {method.name!r} needs {', '.join(missing)}")
+    settings = settings_from(args)
+    torch.manual_seed(settings.seed)
     spec = SegmenterSpec(args.backbone, args.decoder, index.num_classes, args.weights)
-    model = method.build_model(spec)
+    model = method.build_model(spec, inputs)
     if args.init_from_cam is not None:
         init_backbone_from_cam(model.backbone, spec.backbone, args.init_from_cam)
+    if args.init_from_model is not None:
+        init_from_segmenter(model, args.init_from_model)
     if ctx.distributed and ctx.on_gpu:
         # per-GPU batches of a few crops make per-process BatchNorm statistics too noisy
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    dataset = method.build_dataset(inputs, augment_config(args), args.seed)
-    optimizer = build_optimizer(args.optimizer, model.param_groups(args.head_lr_mult),
-                                args.lr, args.weight_decay)
-    scheduler = poly_schedule(optimizer, args.steps)
+    dataset = method.build_dataset(inputs, AugmentConfig.from_settings(settings), settings.seed)
+    init = args.init_from_cam or args.init_from_model
     meta = {
         "method": method.name, "method_options": args.method_options, "backbone": spec.backbone,
         "weights": spec.weights, "decoder": spec.decoder, "classes": index.classes,
         "dataset": index.name, "split": args.split,
-        "init_from_cam": file_sha256(args.init_from_cam) if args.init_from_cam else None,
-        "train": training_meta(args, ctx.world_size),
+        "init": {"from": "cam" if args.init_from_cam else "model" if args.init_from_model else None,
+                 "sha256": file_sha256(init) if init else None},
+        "train": settings.meta(ctx.world_size),
     }
-    rows = train_loop(model, optimizer, scheduler, dataset, method.step, loop_config(args), ctx,
-                      args.checkpoint, args.metrics, meta)
+    for folder in (args.state_dir, args.outputs):
+        if folder is not None and ctx.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+    rows = train_loop(model, method, dataset, settings, ctx, args.checkpoint, args.metrics, meta,
+                      state_dir=args.state_dir, output_dir=args.outputs)
     if ctx.is_main:
-        save_checkpoint(args.out, {"model": model.state_dict(), "meta": meta})
+        save_model(args.out, model, meta)
         last = f"final loss {rows[-1]['loss']:.4f}; " if rows else ""
-        print(f"trained {method.name} for {args.steps} steps ({last}model written to {args.out})",
+        print(f"trained {method.name} for {settings.steps} steps ({last}model written to {args.out})",
               file=sys.stderr)
     return model
 

@@ -172,7 +172,7 @@ def train_flags(steps: int) -> list[object]:
     return ["--crop-size", 32, "--scale-range", 0.9, 1.1, "--color-jitter", 0.1, "--batch-size", 2,
             "--steps", steps, "--optimizer", "sgd", "--lr", 0.01, "--head-lr-mult", 10,
             "--weight-decay", 0.0001, "--checkpoint-every", 100, "--seed", 0, "--num-workers", 0,
-            "--on-nonfinite", "stop", "--device", "cpu"]
+            "--on-nonfinite", "stop", "--max-skipped", "10", "--device", "cpu"]
 
 
 def cam_train_args(index: Path, out_dir: Path, steps: int) -> list[object]:
@@ -559,11 +559,11 @@ SCHEMA_CASES = {
 # Mistakes the workflow finds after the schema passes: one run each, since the first one stops it.
 WORKFLOW_MISTAKES = {
     "unknown_method": (dict(variants={"mine": {"method": "magic", "pseudo_labels": "none"}}),
-                       "variants.mine: unknown method 'magic'"),
-    "variant_reads_missing_refinement": (dict(variants={"ce2": {"method": "ce", "pseudo_labels": "plmix"}}),
-                                         "variants.ce2: method 'ce' needs pseudo_labels naming one of"),
+                       "variants.mine.method: 'magic' is not one of ['ce']"),
+    "variant_reads_missing_refinement": (dict(variants={"ce2": {"method": "ce", "pseudo_labels": "other"}}),
+                                         "variants.ce2.pseudo_labels: 'other' is not one of refinements"),
     "variant_without_pseudo_labels": (dict(variants={"ce2": {"method": "ce"}}),
-                                      "variants.ce2: method 'ce' needs pseudo_labels"),
+                                      "variants.ce2: 'pseudo_labels' is a required property"),
     "folder_not_there": (dict(dataset={"kind": "folder", "folder": {"path": "no/such/folder"}}),
                          "dataset.folder.path: 'no/such/folder' is not a directory"),
     "devkit_not_there": (dict(dataset={"kind": "voc", "voc": {"devkit": "no/VOC2012"}}),

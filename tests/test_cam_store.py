@@ -124,7 +124,7 @@ def test_exception_leaves_no_output(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_killed_writer_leaves_only_a_temp_file_that_is_never_read(tmp_path):
+def test_killed_writer_leaves_a_temp_file_never_read_and_removed_by_the_next_write(tmp_path):
     path = tmp_path / "cams.h5"
     script = textwrap.dedent(f"""
         import sys, time
@@ -148,6 +148,8 @@ def test_killed_writer_leaves_only_a_temp_file_that_is_never_read(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".cams.h5.tmp")
     with pytest.raises(ValueError, match="temporary"):
         CamReader(leftovers[0])
+    write_file(path, make_entries(np.random.default_rng(1)))  # the next run cleans up after the kill
+    assert [p.name for p in tmp_path.iterdir()] == ["cams.h5"]
 
 
 def test_unfinished_file_is_refused(tmp_path):

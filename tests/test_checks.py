@@ -7,11 +7,13 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from stages import check_dataset
 from stages.data.checks import check_index, drop_images
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
 from stages.io.label_png import read_label, write_label
@@ -66,7 +68,7 @@ def _corrupt(index: DatasetIndex) -> dict[str, str]:
 def test_clean_set_gives_header_only_report_and_same_index(toy: DatasetIndex, tmp_path: Path) -> None:
     rows, out = _run(toy, tmp_path, "stop")
     assert rows == []
-    assert (tmp_path / "report.csv").read_text().strip() == "id,split,file,problem"
+    assert (tmp_path / "report.csv").read_text().strip() == "id,split,file,problem,severity"
     assert DatasetIndex.load(out) == toy
 
 
@@ -85,6 +87,7 @@ def test_every_problem_is_reported_and_stop_fails(toy: DatasetIndex, tmp_path: P
     truncated_row = next(r for r in rows if "cannot read image" in r["problem"])
     assert truncated_row["file"].endswith(".jpg")
     assert len({r["id"] for r in rows}) == len(expected) + 1
+    assert {r["severity"] for r in rows} == {"error"}
 
 
 def test_skip_drops_bad_images_from_every_split(toy: DatasetIndex, tmp_path: Path) -> None:
@@ -150,3 +153,64 @@ def test_drop_images_keeps_order_and_collapses_duplicates(toy: DatasetIndex) -> 
     dropped = drop_images(toy, {first})
     assert dropped.splits["val"] == [i for i in toy.splits["val"][:-1] if i != first]
     assert first not in dropped.labels and first in toy.labels
+
+
+# ---- EXIF orientation: pixels are used as stored, the tag is reported -------------------------
+
+def _photo_with_orientation(path: Path, orientation: int, size: tuple[int, int] = (64, 40)) -> np.ndarray:
+    """A JPEG of ``size`` (WxH) stored pixels carrying an EXIF orientation tag; returns its pixels."""
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[: size[1] // 2, : size[0] // 4] = 255  # a bright block in the stored top-left corner
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+    return load_rgb(path)
+
+
+def _mask_for(index: DatasetIndex, image_id: str, height: int, width: int) -> None:
+    """A mask and scribble of HxW for ``image_id``, the class over the bright block."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[: height // 2, : width // 4] = index.labels[image_id][0]
+    write_label(index.mask_path(image_id, "val"), mask)
+    write_label(index.scribble_path(image_id), mask)
+
+
+def test_readers_return_stored_pixels_ignoring_exif_orientation(tmp_path: Path) -> None:
+    pixels = _photo_with_orientation(tmp_path / "photo.jpg", 6)
+    with Image.open(tmp_path / "photo.jpg") as im:
+        assert im.getexif()[0x0112] == 6
+        viewed = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert pixels.shape == (40, 64, 3) and viewed.shape == (64, 40, 3)
+    assert pixels[:20, :16].mean() > 200 and pixels[20:, 16:].mean() < 50  # not turned
+    mask = Image.fromarray(np.eye(5, 7, dtype=np.uint8), mode="L")
+    exif = mask.getexif()
+    exif[0x0112] = 6
+    mask.save(tmp_path / "mask.png", exif=exif)
+    assert np.array_equal(read_label(tmp_path / "mask.png"), np.eye(5, 7, dtype=np.uint8))
+
+
+def test_exif_orientation_is_a_warning_with_the_rule(toy: DatasetIndex, tmp_path: Path) -> None:
+    image_id = toy.splits["val"][0]
+    _photo_with_orientation(toy.image_path(image_id), 6)
+    _mask_for(toy, image_id, 40, 64)  # drawn on the stored pixels, as VOC masks are
+    rows, out = _run(toy, tmp_path, "stop")
+    assert [(r["id"], r["severity"]) for r in rows] == [(image_id, "warning")]
+    assert rows[0]["file"] == str(toy.image_path(image_id))
+    assert rows[0]["problem"] == ("EXIF orientation 6 (rotate 90 clockwise) ignored: pixels are used as stored, "
+                                  "like VOC; rotate the file itself (e.g. exiftran -ai) if its mask was drawn "
+                                  "on the rotated view")
+    assert image_id in DatasetIndex.load(out).ids("val")  # a warning drops nothing
+
+
+def test_mask_drawn_on_the_rotated_view_is_explained(toy: DatasetIndex, tmp_path: Path) -> None:
+    image_id = toy.splits["val"][0]
+    _photo_with_orientation(toy.image_path(image_id), 8)
+    _mask_for(toy, image_id, 64, 40)  # drawn on what a viewer shows: transposed
+    rows, out = _run(toy, tmp_path, "skip")
+    error = next(r for r in rows if r["severity"] == "error")
+    assert error["id"] == image_id and error["file"] == str(toy.mask_path(image_id, "val"))
+    assert "mask size 40x64 differs from the image's 64x40" in error["problem"]
+    assert "matches the image as viewers show it" in error["problem"]
+    assert "EXIF orientation 8 (rotate 270 clockwise) ignored" in error["problem"]
+    assert image_id not in DatasetIndex.load(out).ids("val")

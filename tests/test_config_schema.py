@@ -33,8 +33,8 @@ def test_unknown_method_names_variant(tmp_path):
 
 
 def test_variant_reading_missing_refinement_names_variant(tmp_path):
-    msg = _dry_run_error(tmp_path, variants={"ce2": {"method": "ce", "pseudo_labels": "plmix"}})
-    assert "variants.ce2" in msg and "plmix" in msg
+    msg = _dry_run_error(tmp_path, variants={"ce2": {"method": "ce", "pseudo_labels": "other"}})
+    assert "variants.ce2" in msg and "other" in msg
 
 
 def test_unknown_method_option_names_variant_and_option(tmp_path):
@@ -69,22 +69,84 @@ def test_dataset_enums(tmp_path, bad):
     assert "is not one of" in msg
 
 
-def test_workflow_needs_table_matches_the_registry():
-    """The torch-free table the workflow validates variants with is the methods' own."""
-    from stages.methods.needs import METHOD_NEEDS
-    from stages.methods.registry import METHODS
-
-    assert {name: cls.needs for name, cls in METHODS.items()} == METHOD_NEEDS
+def _schema() -> dict:
+    return yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
-def test_schema_lists_each_method_with_its_options():
-    """A variant's options are checked at parse time against the schema; it must match the classes."""
+def test_schema_lists_each_method_with_its_options_and_needs():
+    """A variant is checked at parse time against the schema: its method, its options (the class's
+    fields) and, as required keys, the inputs its needs name must match the registry."""
+    from stages.methods.registry import METHODS, method_options
+
+    variant = _schema()["properties"]["variants"]["additionalProperties"]
+    assert set(variant["properties"]["method"]["enum"]) == set(METHODS)
+    blocks = {rule["if"]["properties"]["method"]["const"]: rule["then"] for rule in variant["allOf"]}
+    assert blocks.keys() == METHODS.keys()
+    for name, cls in METHODS.items():
+        assert set(blocks[name]["properties"]) == {"method", "pseudo_labels", "seg"} | method_options(cls), name
+        named_by_variant = cls.needs & {"pseudo_labels"}
+        assert set(blocks[name].get("required", [])) == named_by_variant, name
+
+
+def test_decoder_enum_is_the_registry():
+    from stages.models.decoders import DECODERS
+
+    assert set(_schema()["$defs"]["decoder"]["enum"]) == set(DECODERS)
+
+
+def test_train_block_is_train_settings():
+    """One definition of the training settings: the schema's block has TrainSettings' fields and
+    defaults, and the stages' flags are made from the same dataclass."""
+    import argparse
     import dataclasses
 
-    from stages.methods.registry import METHODS
+    from stages.runtime.settings import TrainSettings, add_training_arguments
 
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    per_method = {rule["if"]["properties"]["method"]["const"]: set(rule["then"]["properties"])
-                  for rule in schema["properties"]["variants"]["additionalProperties"]["allOf"]}
-    assert per_method == {name: {"method", "pseudo_labels"} | {f.name for f in dataclasses.fields(cls)}
-                          for name, cls in METHODS.items()}
+    block = _schema()["$defs"]["train"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    assert block.keys() == fields.keys()
+    for name, default in fields.items():
+        want = list(default) if isinstance(default, tuple) else default
+        assert block[name]["default"] == want, name
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    flags = {a.dest for a in parser._actions} - {"help", "device"}
+    assert flags == fields.keys()
+
+
+def test_variant_seg_override_reaches_only_its_job(tmp_path):
+    """A variant's own decoder and train keys go to its train_seg job; the others keep `seg`."""
+    cfg = write_config(tmp_path / "config.yaml", variants={
+        "ce": {"method": "ce", "pseudo_labels": "none"},
+        "mine": {"method": "ce", "pseudo_labels": "none", "seg": {"decoder": "mlp", "train": {"steps": 3}}}})
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/seg/ce/model.pt", "results/seg/mine/model.pt",
+                    config=cfg).stdout
+    commands = {line.split("--out results/seg/")[1].split("/")[0]: line
+                for line in out.splitlines() if "stages.train_seg" in line}
+    assert "--decoder mlp" in commands["mine"] and "--steps 3" in commands["mine"]
+    assert "--crop-size 64" in commands["mine"]  # the top-level train block, key by key
+    assert "--decoder aspp" in commands["ce"] and "--steps 6" in commands["ce"]
+
+
+def test_cold_start_from_another_variant_reads_its_model(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml", variants={
+        "ce": {"method": "ce", "pseudo_labels": "none"},
+        "warm": {"method": "ce", "pseudo_labels": "none", "seg": {"init": "variant:ce"}}})
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/seg/warm/model.pt", config=cfg).stdout
+    warm = next(line for line in out.splitlines() if "--out results/seg/warm/" in line)
+    assert "--init-from-model results/seg/ce/model.pt" in warm and "--init-from-cam" not in warm
+
+
+@pytest.mark.parametrize("init, message", [
+    ("variant:nope", "variants.warm.seg.init: no variant 'nope'"),
+    ("variant:warm", "cold starts form a cycle warm -> warm"),
+    ("missing/model.pt", "variants.warm.seg.init: 'missing/model.pt' is neither"),
+])
+def test_bad_cold_start_is_named(tmp_path, init, message):
+    msg = _dry_run_error(tmp_path, variants={"warm": {"method": "ce", "pseudo_labels": "none", "seg": {"init": init}}})
+    assert message in msg
+
+
+def test_method_without_its_inputs_is_refused(tmp_path):
+    msg = _dry_run_error(tmp_path, variants={"ce": {"method": "ce"}})
+    assert "variants.ce" in msg and "'pseudo_labels' is a required property" in msg

@@ -29,8 +29,8 @@ from stages.io.label_png import read_label, write_label
 from stages.methods.registry import get_method
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import distributed_session
-from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.trainer import LoopConfig, train_loop
+from stages.runtime.settings import TrainSettings
+from stages.runtime.trainer import train_loop
 
 PER_RANK_BATCH = 2
 
@@ -53,11 +53,10 @@ def gradients_after_one_step(index_path: Path, labels: Path, out_dir: Path, batc
     ids = index.ids("train_aug")
     dataset = SegmentationDataset(index, "train_aug", label_dir_source(labels, ids),
                                   AugmentConfig(crop_size=40, scale_range=(1.0, 1.0)), seed=0)
-    optimizer = build_optimizer("sgd", model.param_groups(10.0), lr=0.01, weight_decay=0.0)
+    settings = TrainSettings(steps=1, batch_size=batch_size, checkpoint_every=1, lr=0.01, weight_decay=0.0)
     with distributed_session("cpu") as ctx:
-        train_loop(model, optimizer, poly_schedule(optimizer, 1), dataset, method.step,
-                   LoopConfig(steps=1, batch_size=batch_size, checkpoint_every=1), ctx,
-                   out_dir / f"ckpt{ctx.world_size}.pt", out_dir / f"metrics{ctx.world_size}.csv", meta={})
+        train_loop(model, method, dataset, settings, ctx, out_dir / f"ckpt{ctx.world_size}.pt",
+                   out_dir / f"metrics{ctx.world_size}.csv", meta={})
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 

@@ -49,8 +49,16 @@ def test_panel_is_rendered(files, tmp_path):
                         "--labels", str(files["labels"]), "--ids", "im1", "--out-dir", str(out_dir)])
     assert [p.name for p in out_dir.iterdir()] == ["im1.png"]
     with Image.open(out_dir / "im1.png") as im:
-        # image, two CAMs, pseudo label, ground truth: five tiles side by side
+        # image, two CAMs (+ colour bar), pseudo label, ground truth (+ legend), side by side
         assert im.width > 4 * im.height
+
+
+def test_class_legend_names_the_classes_shown():
+    pseudo = np.array([[0, 1], [255, 1]], np.uint8)
+    mask = np.array([[0, 2], [2, 2]], np.uint8)
+    handles = inspect_stage.class_legend(CLASSES, [pseudo, mask])
+    assert [h.get_label() for h in handles] == ["0 background", "1 cat", "2 dog", "255 ignored"]
+    assert tuple(handles[0].get_facecolor()[:3]) == (0.0, 0.0, 0.0)  # VOC palette: background black
 
 
 def test_errors_name_the_file_or_id(files, tmp_path):

@@ -100,13 +100,26 @@ def test_stage_without_crf_then_eval(dataset, tmp_path):
     summary, per_class = tmp_path / "summary.csv", tmp_path / "per_class.csv"
     eval_pseudo.main(["--index", str(index_path), "--labels", str(out), "--split", "train",
                       "--out-summary", str(summary), "--out-per-class", str(per_class)])
-    row = pd.read_csv(summary).iloc[0]
-    p2_ignored = int(np.sum(expected_banded(np.stack([P2_CAT, P2_DOG]), [1, 2], 0.3, 0.1) == 255))
+    frame = pd.read_csv(summary)
+    assert list(frame.columns) == ["miou", "miou_labelled", "precision", "coverage", "n_images"]
+    row = frame.iloc[0]
+    p2_banded = expected_banded(np.stack([P2_CAT, P2_DOG]), [1, 2], 0.3, 0.1)
+    p2_ignored = int(np.sum(p2_banded == 255))
     assert row.n_images == 2
     # every labelled pixel agrees with the mask by construction; the band removes 8 + p2_ignored
-    assert row.precision == pytest.approx(1.0) and row.miou == pytest.approx(1.0)
+    assert row.precision == pytest.approx(1.0) and row.miou_labelled == pytest.approx(1.0)
     assert row.coverage == pytest.approx((20 + 9 - 8 - p2_ignored) / 29, abs=1e-6)
-    assert list(pd.read_csv(per_class)["class"]) == CLASSES
+    # the field's mIoU: the ignored pixels are background, so the abstentions on objects count
+    gt = np.concatenate([read_label(tmp_path / "data" / "SegmentationClass" / f"{i}.png").ravel()
+                         for i in ("p1", "p2")])
+    pred = np.concatenate([p1.ravel(), p2_banded.ravel()])
+    pred[pred == 255] = 0
+    ious = [np.sum((gt == c) & (pred == c)) / np.sum((gt == c) | (pred == c)) for c in range(len(CLASSES))]
+    assert row.miou == pytest.approx(np.mean(ious), abs=1e-6) and row.miou < row.miou_labelled
+    table = pd.read_csv(per_class)
+    assert list(table.columns) == ["class", "iou", "iou_labelled"] and list(table["class"]) == CLASSES
+    assert table["iou"].tolist() == pytest.approx(ious, abs=1e-6)
+    assert table["iou_labelled"].tolist() == pytest.approx([1.0] * 4)
 
 
 def test_stage_with_crf_is_the_same_with_two_workers(dataset, tmp_path):

@@ -21,8 +21,8 @@ from stages.io.cam_store import CamReader
 from stages.io.checkpoint import file_sha256, load_checkpoint
 from stages.io.label_png import read_label
 from stages.models.cam_net import load_cam_net
-from stages.plmix.rounds import prepare_state_dir
 from stages.runtime.distributed import DistContext
+from stages.runtime.rounds import RoundStore
 
 VENV_BIN = Path(sys.executable).parent
 TIMING_COLUMNS = ["img_per_s"]
@@ -41,7 +41,7 @@ def cam_run(tmp_path_factory) -> Path:
                     "--scale-range", "0.7", "1.3", "--color-jitter", "0.3", "--batch-size", "4", "--steps", "4",
                     "--optimizer", "sgd", "--lr", "0.01", "--head-lr-mult", "10", "--weight-decay", "1e-4",
                     "--checkpoint-every", "4", "--seed", "0", "--num-workers", "0", "--on-nonfinite", "stop",
-                    "--device", "cpu"])
+                    "--max-skipped", "10", "--device", "cpu"])
     (root / "best.json").write_text(json.dumps({"threshold": 0.3, "miou": 0.25}))
     return root
 
@@ -56,7 +56,7 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
             "continuity_weight": 0.1, "focal_gamma": 2.0, "temperature": 0.1, "crop_size": 64,
             "scale_range": [0.7, 1.3], "color_jitter": 0.3, "batch_size": 4, "optimizer": "sgd", "lr": 0.001,
             "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "num_workers": 0,
-            "on_nonfinite": "stop", "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
+            "on_nonfinite": "stop", "max_skipped": 10, "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
             "threshold_step": 0.1, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3,
             "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10, "device": "cpu", **overrides}
     return ["--no-flip"] + stage_argv(opts)
@@ -122,11 +122,11 @@ def test_more_rounds_continue_and_fewer_take_an_earlier_round(cam_run: Path, ref
 
 def test_changed_settings_start_over(tmp_path: Path, capsys) -> None:
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    prepare_state_dir(tmp_path, {"settings": 1}, ctx)
+    RoundStore(tmp_path, {"settings": 1}, ctx)
     (tmp_path / "round1" / "labels").mkdir(parents=True)
-    prepare_state_dir(tmp_path, {"settings": 1}, ctx)
+    RoundStore(tmp_path, {"settings": 1}, ctx)
     assert (tmp_path / "round1" / "labels").is_dir()
-    prepare_state_dir(tmp_path, {"settings": 2}, ctx)
+    RoundStore(tmp_path, {"settings": 2}, ctx)
     assert "other settings; starting from round 1" in capsys.readouterr().err
     assert not (tmp_path / "round1").exists()
     assert json.loads((tmp_path / "meta.json").read_text()) == {"settings": 2}

@@ -16,16 +16,21 @@ BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\
 @pytest.fixture
 def inputs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "best.json").write_text(json.dumps({"threshold": 0.26, "miou": 0.4125}))
-    (tmp_path / "pseudo_none.csv").write_text("miou,precision,coverage,n_images\n0.5,0.8,0.9,100\n")
-    (tmp_path / "pseudo_plmix.csv").write_text("miou,precision,coverage,n_images\n0.55,0.82,0.85,100\n")
+    (tmp_path / "pseudo_none.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
+                                              "0.45,0.5,0.8,0.9,100\n")
+    (tmp_path / "pseudo_plmix.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
+                                               "0.48,0.55,0.82,0.85,100\n")
+    (tmp_path / "rounds_plmix.csv").write_text(
+        "round,label_threshold,paste_transform,loss,eval_threshold,eval_miou\n"
+        "0,,,,0.26,0.4125\n1,0.26,False,1.2,0.28,0.43\n2,0.28,True,1.1,0.3,0.445\n")
     (tmp_path / "eval_ce.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.6,0.9,50\n"
                                           "multiscale,0.62,0.91,50\n")
     (tmp_path / "eval_rss.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.64,0.9,50\n"
                                            "multiscale,0.65,0.91,50\nmultiscale+crf,0.67,0.92,50\n")
     (tmp_path / "train_cam.csv").write_text("step,epoch,loss,lr,img_per_s,skipped\n1,0,0.7,0.01,10,0\n"
                                             "2,0,0.6,0.005,11,0\n")
-    (tmp_path / "train_ce.csv").write_text("step,epoch,loss,ce,lr,img_per_s,skipped\n1,0,2.0,2.0,0.01,5,0\n"
-                                           "2,0,1.5,1.5,0.005,5,0\n")
+    (tmp_path / "train_ce.csv").write_text("step,epoch,loss,ce,lr,lr_g0,img_per_s,skipped\n"
+                                           "1,0,2.0,2.0,0.01,0.01,5,0\n2,0,1.5,1.5,0.005,0.005,5,0\n")
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     (bench / "train_cam.tsv").write_text(BENCHMARK_HEADER + "120.5\t0:02:00\t1\t1\t1\t1\t1\t1\t1\t1\n")
@@ -39,6 +44,7 @@ def cli(d: Path) -> list[str]:
             "--pseudo", f"none={d / 'pseudo_none.csv'}", f"plmix={d / 'pseudo_plmix.csv'}",
             "--variant", f"ce={d / 'eval_ce.csv'}", f"rss={d / 'eval_rss.csv'}",
             "--train-metrics", f"cam={d / 'train_cam.csv'}", f"ce={d / 'train_ce.csv'}",
+            "--refine-rounds", f"plmix={d / 'rounds_plmix.csv'}", "--cam-split", "train", "--seg-split", "val",
             "--benchmarks", str(d / "benchmarks"), "--out-csv", str(d / "out" / "summary.csv"),
             "--out-md", str(d / "out" / "summary.md"), "--out-plot-variants", str(d / "out" / "variants.png"),
             "--out-plot-curves", str(d / "out" / "curves.png")]
@@ -50,14 +56,18 @@ def test_table_contents(inputs) -> None:
     table = pd.read_csv(d / "out" / "summary.csv")
     assert table.columns.tolist() == summary.COLUMNS
     rows = {(r.stage, r.name): r for r in table.itertuples()}
-    assert list(rows) == [("cam", "cam"), ("pseudo_labels", "none"), ("pseudo_labels", "plmix"),
+    assert list(rows) == [("cam", "cam"), ("refine", "plmix round 1"), ("refine", "plmix round 2"),
+                          ("pseudo_labels", "none"), ("pseudo_labels", "plmix"),
                           ("segmentation", "ce"), ("segmentation", "rss"), ("train_cam", "-"),
                           ("train_seg", "ce")]
     cam = rows["cam", "cam"]
-    assert cam.miou == 0.4125 and cam.threshold == 0.26
+    assert cam.miou == 0.4125 and cam.threshold == 0.26 and cam.split == "train"
+    assert (rows["refine", "plmix round 2"].miou, rows["refine", "plmix round 2"].threshold) == (0.445, 0.3)
     plmix = rows["pseudo_labels", "plmix"]
-    assert (plmix.miou, plmix.precision, plmix.coverage) == (0.55, 0.82, 0.85)
+    assert (plmix.miou, plmix.miou_labelled, plmix.precision, plmix.coverage) == (0.48, 0.55, 0.82, 0.85)
+    assert plmix.split == "train"
     ce, rss = rows["segmentation", "ce"], rows["segmentation", "rss"]
+    assert ce.split == "val" and pd.isna(rows["train_cam", "-"].split)
     assert (ce.miou, ce.miou_multiscale) == (0.6, 0.62) and pd.isna(ce.miou_multiscale_crf)
     assert (rss.miou, rss.miou_multiscale, rss.miou_multiscale_crf) == (0.64, 0.65, 0.67)
     assert rows["train_cam", "-"].seconds == 120.5
@@ -65,9 +75,16 @@ def test_table_contents(inputs) -> None:
     assert pd.isna(rows["train_seg", "ce"].miou)
 
     md = (d / "out" / "summary.md").read_text().splitlines()
-    assert md[0].startswith("| stage | name | miou |") and len(md) == 2 + 7
-    assert "| segmentation | rss | 0.6400 | 0.6500 | 0.6700 |" in md[6]
-    assert md[-1].startswith("| train_seg | ce |") and md[-1].endswith("| 35.0 |")
+    start = md.index("| stage | name | split | miou | miou_labelled | miou_multiscale | miou_multiscale_crf "
+                     "| precision | coverage | threshold | seconds |")
+    table_lines = md[start:md.index("", start)]
+    assert len(table_lines) == 2 + 9
+    assert "| pseudo_labels | plmix | train | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 |  |  |" in table_lines
+    assert "| segmentation | rss | val | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[8]
+    assert table_lines[-1].startswith("| train_seg | ce |") and table_lines[-1].endswith("| 35.0 |")
+    notes = "\n".join(md[md.index("Columns:"):])
+    assert "`miou`: pseudo labels: an ignored (255) pixel counts as background" in notes
+    assert "`miou_labelled`: pseudo labels: labelled pixels only" in notes
     for png in ("variants.png", "curves.png"):
         with Image.open(d / "out" / png) as im:
             assert im.format == "PNG" and im.size[0] > 100
@@ -75,8 +92,9 @@ def test_table_contents(inputs) -> None:
 
 def test_columns_nobody_filled_are_dropped(inputs) -> None:
     d = inputs["dir"]
-    table = summary.summary_table(d / "best.json", {}, {"ce": d / "eval_ce.csv"}, d / "missing")
-    assert table.columns.tolist() == ["stage", "name", "miou", "miou_multiscale", "threshold"]
+    table = summary.summary_table(d / "best.json", {}, {"ce": d / "eval_ce.csv"}, d / "missing",
+                                  cam_split="train", seg_split="val")
+    assert table.columns.tolist() == ["stage", "name", "split", "miou", "miou_multiscale", "threshold"]
 
 
 def test_bad_inputs_are_named(inputs) -> None:
@@ -87,7 +105,10 @@ def test_bad_inputs_are_named(inputs) -> None:
         summary.named_paths(["a=x", "a=y"], "--variant")
     (d / "bad.csv").write_text("mode,score\nsingle,1\n")
     with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) miou"):
-        summary.variant_rows({"x": d / "bad.csv"})
+        summary.variant_rows({"x": d / "bad.csv"}, "val")
+    (d / "old.csv").write_text("miou,precision,coverage,n_images\n0.5,0.8,0.9,100\n")
+    with pytest.raises(ValueError, match=r"old\.csv: no miou_labelled column: made by an older eval_pseudo"):
+        summary.pseudo_rows({"none": d / "old.csv"}, "train")
     (inputs["bench"] / "broken-x.tsv").write_text("seconds\n1\n")
     with pytest.raises(ValueError, match=r"broken-x\.tsv: not a Snakemake benchmark"):
         summary.benchmark_rows(inputs["bench"])

@@ -47,7 +47,7 @@ def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> li
             "metrics": out_dir / "metrics.csv", "crop_size": 48, "scale_range": [0.8, 1.2],
             "color_jitter": 0.2, "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01,
             "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0,
-            "num_workers": 0, "on_nonfinite": "stop", "device": "cpu", **overrides}
+            "num_workers": 0, "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
     return ["--index", str(index)] + stage_argv(opts)
 
 
@@ -90,7 +90,7 @@ def test_trains_writes_model_metrics_and_inits_from_cam(toy, tmp_path: Path) -> 
     train_seg.main(cli_args(index_path, labels, tmp_path, init_from_cam=tmp_path / "cam.pt", lr=0.0,
                             decoder="aspp"))
     model, meta = load_trained_model(tmp_path / "model.pt", "cpu")
-    assert meta["method"] == "ce" and meta["decoder"] == "aspp" and meta["init_from_cam"]
+    assert meta["method"] == "ce" and meta["decoder"] == "aspp" and meta["init"]["from"] == "cam"
     cam_state = cam.backbone.state_dict()
     for name, value in model.backbone.state_dict().items():
         if "running" not in name and "num_batches" not in name:
@@ -148,3 +148,21 @@ def test_torchrun_two_processes_gloo(toy, tmp_path: Path) -> None:
     _, meta = load_trained_model(tmp_path / "model.pt", "cpu")
     assert meta["train"]["world_size"] == 2
     assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [1, 2]
+
+
+def test_cold_start_from_another_segmenter(toy, tmp_path: Path) -> None:
+    """--init-from-model starts the whole model from a trained segmenter (lr 0 keeps it), and a
+    file of another architecture is refused naming it."""
+    index_path, labels = toy
+    train_seg.main(cli_args(index_path, labels, tmp_path / "first", steps=2))
+    train_seg.main(cli_args(index_path, labels, tmp_path / "warm", steps=2, lr=0.0,
+                            init_from_model=tmp_path / "first" / "model.pt"))
+    first = load_checkpoint(tmp_path / "first" / "model.pt")["model"]
+    warm = load_checkpoint(tmp_path / "warm" / "model.pt")
+    assert warm["meta"]["init"]["from"] == "model"
+    for name, value in warm["model"].items():
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(value, first[name]), name
+    with pytest.raises(ValueError, match=r"first/model\.pt: a resnet18/mlp ce model does not fit"):
+        train_seg.main(cli_args(index_path, labels, tmp_path / "other", decoder="aspp",
+                                init_from_model=tmp_path / "first" / "model.pt"))

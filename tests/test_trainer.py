@@ -1,4 +1,5 @@
-"""The shared training loop's numerical-fault guard: stop (default) or skip, counted and reported."""
+"""The shared training loop: its numerical-fault guard (stop, or skip counted and reported) and
+gradient accumulation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,39 +10,53 @@ import torch
 
 from stages.io.checkpoint import load_checkpoint
 from stages.runtime.distributed import DistContext
-from stages.runtime.optim import poly_schedule
-from stages.runtime.trainer import LoopConfig, NonFiniteLossError, train_loop
+from stages.runtime.hooks import StepContext, TrainHooks
+from stages.runtime.settings import TrainSettings
+from stages.runtime.trainer import EpochBatchSampler, NonFiniteLossError, train_loop
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 class Points(torch.utils.data.Dataset):
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+
     def __len__(self) -> int:
-        return 8
+        return self.n
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": torch.tensor([float(i), 1.0])}
+        return {"x": torch.tensor([float(i), 1.0]), "y": torch.tensor([0.5 * i - 1.0])}
 
 
-def poisoned_step(bad_calls: set[int]):
+class Linear(torch.nn.Linear):
+    def param_groups(self, head_lr_mult: float) -> list[dict]:
+        return [{"params": list(self.parameters())}]
+
+
+class LeastSquares(TrainHooks):
     """A least-squares step whose loss is NaN on the given (1-based) calls."""
-    calls = [0]
 
-    def step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        calls[0] += 1
-        loss = (model(batch["x"]) - 1).pow(2).mean()
-        return {"loss": loss * float("nan") if calls[0] in bad_calls else loss}
-    return step
+    def __init__(self, bad_calls: set[int] = frozenset()) -> None:
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def training_step(self, net, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        loss = (net(batch["x"]) - batch["y"]).pow(2).mean()
+        return {"loss": loss * float("nan") if self.calls in self.bad_calls else loss}
 
 
-def run(tmp_path: Path, bad_calls: set[int], **loop) -> tuple[torch.nn.Module, list[dict]]:
+def train(tmp_path: Path, hooks: TrainHooks, n: int = 8, name: str = "run", **settings) -> tuple[torch.nn.Module, list]:
     torch.manual_seed(0)
-    model = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    cfg = LoopConfig(**{"steps": 6, "batch_size": 2, "checkpoint_every": 1, **loop})
-    rows = train_loop(model, optimizer, poly_schedule(optimizer, cfg.steps), Points(), poisoned_step(bad_calls),
-                      cfg, CPU, tmp_path / "ckpt.pt", tmp_path / "metrics.csv", {"test": 1})
+    model = Linear(2, 1)
+    settings = TrainSettings(**{"steps": 6, "batch_size": 2, "checkpoint_every": 1, "lr": 0.001,
+                                "weight_decay": 0.0, **settings})
+    rows = train_loop(model, hooks, Points(n), settings, CPU, tmp_path / f"{name}.pt", tmp_path / f"{name}.csv",
+                      {"test": 1})
     return model, rows
+
+
+def run(tmp_path: Path, bad_calls: set[int], **settings) -> tuple[torch.nn.Module, list[dict]]:
+    return train(tmp_path, LeastSquares(bad_calls), name="ckpt", **settings)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -50,7 +65,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / "ckpt.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["model"].values())
-    assert not (tmp_path / "metrics.csv").exists()  # no final output from a failed run
+    assert not (tmp_path / "ckpt.csv").exists()  # no final output from a failed run
 
 
 def test_skip_counts_the_bad_steps_and_still_trains_every_step(tmp_path):
@@ -58,9 +73,47 @@ def test_skip_counts_the_bad_steps_and_still_trains_every_step(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))  # skipped batches are not counted as steps
     assert [r["skipped"] for r in rows] == [0, 1, 1, 2, 2, 2]
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert pd.read_csv(tmp_path / "metrics.csv")["skipped"].iloc[-1] == 2
+    assert pd.read_csv(tmp_path / "ckpt.csv")["skipped"].iloc[-1] == 2
 
 
 def test_skip_gives_up_after_max_skipped(tmp_path):
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
         run(tmp_path, bad_calls={2, 3, 4}, on_nonfinite="skip", max_skipped=2)
+
+
+def _weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_accumulation_equals_one_large_batch(tmp_path: Path) -> None:
+    """Four micro-batches of 2 accumulated give the step of one batch of 8 (a linear model has no
+    batch statistics, and every micro-batch averages the same number of points)."""
+    big = _weights(train(tmp_path, LeastSquares(), n=16, name="big", steps=3, batch_size=8)[0])
+    accumulated, rows = train(tmp_path, LeastSquares(), n=16, name="acc", steps=3, batch_size=2,
+                              effective_batch_size=8)
+    small = _weights(train(tmp_path, LeastSquares(), n=16, name="small", steps=3, batch_size=2)[0])
+    assert torch.allclose(big, _weights(accumulated), atol=1e-6)
+    assert not torch.allclose(big, small, atol=1e-6)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_skip_with_accumulation_drops_the_whole_step(tmp_path: Path) -> None:
+    """A NaN in the 2nd of 4 micro-batches skips that step's 4 micro-batches, not just one."""
+    hooks = LeastSquares(bad_calls={2})
+    _, rows = train(tmp_path, hooks, n=32, name="skip", steps=2, batch_size=2, effective_batch_size=8,
+                    on_nonfinite="skip")
+    assert [r["skipped"] for r in rows] == [1, 1]
+    assert hooks.calls == 2 + 4 + 4  # two micro-batches of the skipped step ran, two were dropped
+
+
+def test_effective_batch_must_divide(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="effective_batch_size 6 is not a multiple of train.batch_size 4"):
+        train(tmp_path, LeastSquares(), name="bad", batch_size=4, effective_batch_size=6)
+
+
+def test_sampler_gives_a_step_the_same_images_on_any_process_count() -> None:
+    """2 processes x batch 2 and 1 process x 2 micro-batches of 2 see the same 4 images per step."""
+    two = [EpochBatchSampler(12, 2, 1, seed=3, epoch=1, rank=r, world=2).batches for r in (0, 1)]
+    one = EpochBatchSampler(12, 2, 2, seed=3, epoch=1, rank=0, world=1).batches
+    for step in range(3):
+        assert sorted(two[0][step] + two[1][step]) == sorted(one[2 * step] + one[2 * step + 1])

@@ -123,6 +123,23 @@ def test_devkit_is_read_in_place_without_network(tmp_path: Path) -> None:
     assert check_index(index) == []
 
 
+def test_devkit_with_aug_masks_linked_from_elsewhere_needs_the_option(tmp_path: Path) -> None:
+    """A common setup links SegmentationClassAug into the devkit: refused by default (it leads
+    outside the folder), read with follow_symlinks_outside. Hidden files there are no masks."""
+    devkit = _make_voc2012(tmp_path / "VOC2012", with_aug=True)
+    aug = tmp_path / "elsewhere" / "SegmentationClassAug"
+    aug.parent.mkdir()
+    (devkit / "SegmentationClassAug").rename(aug)
+    (devkit / "SegmentationClassAug").symlink_to(aug, target_is_directory=True)
+    (aug / "._2008_000001.png").write_bytes(b"AppleDouble junk")
+    with pytest.raises(ValueError, match=r"SegmentationClassAug.*follow_symlinks_outside"):
+        prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False)
+    index = prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False,
+                        follow_symlinks_outside=True)
+    assert index.splits["train_aug"] == ["2008_000001", "2008_000002", "2008_000003"]
+    assert check_index(index) == []
+
+
 def test_devkit_without_aug_uses_train_as_train_aug(tmp_path: Path) -> None:
     index = prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0,
                         devkit=_make_voc2012(tmp_path / "VOC2012", with_aug=False), progress=False)

@@ -6,7 +6,7 @@ import yaml
 from conftest import REPO, planned_jobs, write_config
 
 TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam", "pseudo_labels",
-         "eval_pseudo", "cam_panels"}
+         "eval_pseudo", "cam_panels", "refine_plmix"}
 
 
 def test_default_config_plans_the_whole_dag(tmp_path):
@@ -22,12 +22,13 @@ def test_slurm_profile_plans_the_same_dag(tmp_path):
 
 
 def test_two_variants_share_the_trunk(tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", variants={
+    one = planned_jobs(tmp_path, write_config(tmp_path / "one.yaml", variants={
+        "ce": {"method": "ce", "pseudo_labels": "none"}}))
+    jobs = planned_jobs(tmp_path, write_config(tmp_path / "two.yaml", variants={
         "ce": {"method": "ce", "pseudo_labels": "none"},
-        "ce_b": {"method": "ce", "pseudo_labels": "none"}})
-    jobs = planned_jobs(tmp_path, cfg)
+        "ce_b": {"method": "ce", "pseudo_labels": "none"}}))
     assert jobs["train_seg"] == 2 and jobs["evaluate"] == 2
-    assert all(jobs[rule] == 1 for rule in TRUNK)
+    assert all(jobs[rule] == one[rule] for rule in TRUNK)
 
 
 @pytest.mark.workflow
@@ -49,11 +50,9 @@ def test_end_to_end_outputs(tiny_run):
 
 @pytest.mark.workflow
 def test_adding_a_variant_reruns_only_that_variant(tiny_run):
-    workdir, _ = tiny_run
-    cfg = write_config(workdir / "more.yaml", variants={
-        "ce": {"method": "ce", "pseudo_labels": "none"},
-        "ce_b": {"method": "ce", "pseudo_labels": "none"},
-        "ce_c": {"method": "ce", "pseudo_labels": "none"}})
+    workdir, cfg = tiny_run
+    variants = yaml.safe_load(cfg.read_text())["variants"]
+    cfg = write_config(workdir / "more.yaml", variants={**variants, "ce_c": {"method": "ce", "pseudo_labels": "none"}})
     assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "summary": 1, "all": 1}
 
 

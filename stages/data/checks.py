@@ -6,6 +6,11 @@ exist, match its image's size and hold only 0..C-1 or 255, each listed image nee
 foreground class in its image-level label, and a split must be non-empty and list an id once.
 Scribble files that exist are checked like masks; a missing scribble is not a problem, since
 only scribble-supervised variants read them.
+
+Rows have a severity: ``error`` rows stop the check (policy stop) or drop the image (skip);
+``warning`` rows only inform. The one warning so far is an EXIF orientation tag: pixels are used
+as stored (``stages.data.images``), which is right for VOC-style masks drawn on the stored
+pixels, but a viewer shows such an image turned, and a mask drawn on that view does not fit.
 """
 from __future__ import annotations
 
@@ -19,12 +24,13 @@ from pathlib import Path
 import numpy as np
 from stages.runtime.progress import progress_bar
 
-from stages.data.images import load_rgb
+from stages.data.images import ORIENTATIONS, TRANSPOSING, exif_orientation, load_rgb
 from stages.data.index import DatasetIndex
 from stages.io.atomic import atomic_path
 from stages.io.label_png import IGNORE, read_label
 
-REPORT_COLUMNS = ("id", "split", "file", "problem")
+REPORT_COLUMNS = ("id", "split", "file", "problem", "severity")
+ERROR, WARNING = "error", "warning"
 
 
 @dataclass(frozen=True)
@@ -33,11 +39,23 @@ class Problem:
     split: str  # the splits concerned, space-separated
     file: str
     problem: str
+    severity: str = ERROR  # ERROR: the image cannot be used; WARNING: it is used, but look at it
+
+
+def orientation_note(orientation: int) -> str:
+    """The rule, said where a user meets it: in the check report."""
+    return (f"EXIF orientation {orientation} ({ORIENTATIONS[orientation]}) ignored: pixels are used as "
+            f"stored, like VOC; rotate the file itself (e.g. exiftran -ai) if its mask was drawn on "
+            f"the rotated view")
 
 
 def _label_map_problem(path: Path, image_hw: tuple[int, int] | None, num_classes: int,
-                       what: str) -> str | None:
-    """What is wrong with a mask or scribble file, or None."""
+                       what: str, orientation: int = 1) -> str | None:
+    """What is wrong with a mask or scribble file, or None.
+
+    A size that is the image's transposed, on an image whose EXIF tag makes viewers show it
+    transposed, is almost surely a mask drawn on the rotated view: the message says so.
+    """
     if not path.exists():
         return f"{what} missing"
     try:
@@ -45,8 +63,12 @@ def _label_map_problem(path: Path, image_hw: tuple[int, int] | None, num_classes
     except (OSError, SyntaxError, ValueError) as exc:
         return f"cannot read {what} ({exc})"
     if image_hw is not None and label.shape != image_hw:
-        return (f"{what} size {label.shape[1]}x{label.shape[0]} differs from the image's "
-                f"{image_hw[1]}x{image_hw[0]} (WxH)")
+        message = (f"{what} size {label.shape[1]}x{label.shape[0]} differs from the image's "
+                   f"{image_hw[1]}x{image_hw[0]} (WxH)")
+        if orientation in TRANSPOSING and label.shape == image_hw[::-1]:
+            message += (f", but matches the image as viewers show it: probably drawn on the rotated "
+                        f"view; {orientation_note(orientation)}")
+        return message
     counts = np.bincount(label.ravel(), minlength=256)
     bad = [int(v) for v in np.flatnonzero(counts) if num_classes <= v < IGNORE]
     if bad:
@@ -71,7 +93,7 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
     for image_id, splits in progress_bar(splits_of.items(), desc="checking images", disable=not progress):
         where = " ".join(splits)
         image_path = index.image_path(image_id)
-        image_hw = None
+        image_hw, orientation = None, 1
         if not image_path.exists():
             problems.append(Problem(image_id, where, str(image_path), "image missing"))
         else:
@@ -80,17 +102,23 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
             except ValueError as exc:
                 # the file has its own column; the message alone is the problem
                 problems.append(Problem(image_id, where, str(image_path), str(exc).removeprefix(f"{image_path}: ")))
+            else:
+                orientation = exif_orientation(image_path)
+                if orientation != 1:
+                    problems.append(Problem(image_id, where, str(image_path), orientation_note(orientation),
+                                            WARNING))
         for split in splits:
             mask_path = index.mask_path(image_id, split)
             if str(mask_path) in checked_masks:
                 continue
             checked_masks.add(str(mask_path))
             users = " ".join(s for s in splits if index.mask_path(image_id, s) == mask_path)
-            issue = _label_map_problem(mask_path, image_hw, index.num_classes, "mask")
+            issue = _label_map_problem(mask_path, image_hw, index.num_classes, "mask", orientation)
             if issue:
                 problems.append(Problem(image_id, users, str(mask_path), issue))
         if index.scribble_dir is not None and index.scribble_path(image_id).exists():
-            issue = _label_map_problem(index.scribble_path(image_id), image_hw, index.num_classes, "scribble")
+            issue = _label_map_problem(index.scribble_path(image_id), image_hw, index.num_classes, "scribble",
+                                       orientation)
             if issue:
                 problems.append(Problem(image_id, where, str(index.scribble_path(image_id)), issue))
         label = index.labels.get(image_id)
@@ -119,7 +147,7 @@ def write_report(path: str | os.PathLike, problems: list[Problem]) -> None:
             writer = csv.writer(f)
             writer.writerow(REPORT_COLUMNS)
             for p in problems:
-                writer.writerow([p.id, p.split, p.file, p.problem])
+                writer.writerow([p.id, p.split, p.file, p.problem, p.severity])
 
 
 def summarize(problems: list[Problem], limit: int = 5) -> str:

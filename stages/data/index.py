@@ -1,7 +1,9 @@
 """The prepared index: one JSON file that every later stage reads instead of walking folders.
 
 It records the class names, the ids of every split, the image-level labels and where the images,
-masks and scribbles of a VOC-format folder live, so a stage never guesses a path.
+masks and scribbles of a VOC-format folder live, so a stage never guesses a path. Every id and
+folder name in it is checked on construction (``stages.data.ids``): an index is joined to paths
+by every stage, so a hand-edited one must not lead a stage outside its data folder.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.data.ids import check_id
 from stages.io.atomic import write_text
 
 FORMAT_VERSION = 1
@@ -34,6 +37,20 @@ class DatasetIndex:
     image_ext: str = ".jpg"
     mask_dirs: dict[str, str] = field(default_factory=dict)  # split -> folder under root
     scribble_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse ids and folder names that are not plain names (they become paths)."""
+        where = f"data set {self.name!r}"
+        for split, ids in self.splits.items():
+            for n, image_id in enumerate(ids, 1):
+                check_id(image_id, f"{where}, split {split!r}, item {n}")
+        for image_id in self.labels:
+            check_id(image_id, f"{where}, labels")
+        for key, folder in [("image_dir", self.image_dir), ("scribble_dir", self.scribble_dir),
+                            *((f"mask_dirs[{k!r}]", v) for k, v in self.mask_dirs.items())]:
+            if folder is not None:
+                check_id(folder, f"{where}, {key}")
+        check_id(f"x{self.image_ext}", f"{where}, image_ext {self.image_ext!r}")
 
     @property
     def num_classes(self) -> int:
@@ -75,10 +92,13 @@ class DatasetIndex:
             raise ValueError(f"{path}: cannot read the data set index ({exc})") from exc
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: index format {data.get('format_version')} != {FORMAT_VERSION}")
-        return cls(
-            name=data["name"], root=Path(data["root"]), classes=list(data["classes"]),
-            splits={k: list(v) for k, v in data["splits"].items()},
-            labels={k: [int(c) for c in v] for k, v in data["labels"].items()},
-            image_dir=data["image_dir"], image_ext=data["image_ext"],
-            mask_dirs=dict(data["mask_dirs"]), scribble_dir=data["scribble_dir"],
-        )
+        try:
+            return cls(
+                name=data["name"], root=Path(data["root"]), classes=list(data["classes"]),
+                splits={k: list(v) for k, v in data["splits"].items()},
+                labels={k: [int(c) for c in v] for k, v in data["labels"].items()},
+                image_dir=data["image_dir"], image_ext=data["image_ext"],
+                mask_dirs=dict(data["mask_dirs"]), scribble_dir=data["scribble_dir"],
+            )
+        except ValueError as exc:  # a bad id: name the file the user has to fix
+            raise ValueError(f"{path}: {exc}") from exc

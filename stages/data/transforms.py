@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from stages.io.label_png import IGNORE
+from stages.runtime.settings import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (0.7, 1.3)
     flip: bool = True
     color_jitter: float = 0.3  # brightness/contrast/saturation strength; 0 switches it off
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings) -> "AugmentConfig":
+        return cls(crop_size=settings.crop_size, scale_range=settings.scale_range,
+                   color_jitter=settings.color_jitter)
 
 
 def resize(image: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:

@@ -15,13 +15,20 @@ folder:
   ``auto`` takes the first of these that exists. Ids with no label source are left out of
   ``labels``; check_dataset reports them;
 - scribbles: ``Scribbles/<id>.png`` when that folder exists. A folder read in place is never
-  written to, so ScribbleSup XML is rendered only for a VOC tree this module extracted itself.
+  written to, so ScribbleSup XML is rendered only for a VOC tree this module extracted itself;
+- ids are plain file names (``stages.data.ids``): a list line such as ``../../outside/x`` is
+  refused, naming the list file and line, since the id is joined to the folder's paths;
+- an image, mask or scribble that is a symbolic link leading outside the folder is refused
+  unless ``follow_symlinks_outside`` (``dataset.folder.follow_symlinks_outside``): a data set
+  from elsewhere must not make the pipeline read (and copy into results) files it never showed.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
@@ -30,9 +37,10 @@ from PIL import Image
 from stages.runtime.progress import progress_bar
 
 from stages.data.download import archive_filename, fetch, safe_extract
+from stages.data.ids import check_id
 from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribbles import render_scribblesup_xml
-from stages.io.label_png import read_label, write_label
+from stages.io.label_png import label_path, read_label, write_label
 
 LABEL_SOURCES = ("auto", "json", "xml", "masks")
 AUG_DIR = "SegmentationClassAug"
@@ -40,16 +48,29 @@ SCRIBBLE_DIR = "Scribbles"
 VOC_ARCHIVES = ("voc2012_trainval", "segmentation_class_aug", "scribbles")
 
 
+def _first_words(path: Path) -> list[tuple[int, str]]:
+    """(line number, first word) of every line that is not blank.
+
+    Lines end at line feeds only and words at spaces and tabs only: any other control character
+    (a lone carriage return, a vertical tab) stays inside the word, where the id check sees it,
+    instead of silently splitting one line into two ids. A byte-order mark is dropped.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        lines = f.read().split("\n")
+    words = [(n, re.split(r"[ \t]+", line.strip(" \t\r"))[0]) for n, line in enumerate(lines, 1)]
+    return [(n, word) for n, word in words if word]
+
+
 def read_id_list(path: Path) -> list[str]:
-    """Ids of one ImageSets list: first word of every non-blank line."""
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Ids of one ImageSets list: first word of every non-blank line, each a plain file name."""
+    return [check_id(word, f"{path}, line {n}") for n, word in _first_words(path)]
 
 
 def read_classes(root: Path) -> list[str]:
     path = root / "classes.txt"
     if not path.exists():
         return list(VOC_CLASSES)
-    names = read_id_list(path)
+    names = [word for _, word in _first_words(path)]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"{path}: need background plus at least one class, all names distinct")
     return names
@@ -123,15 +144,58 @@ def _read_splits(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
         mask_dirs["train_aug"] = AUG_DIR
         if "train_aug" not in splits:
             val = set(splits["val"])
-            splits["train_aug"] = sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+            stems = (check_id(p.stem, f"{aug}: file {p.name!r}") for p in aug.glob("*.png")
+                     if not p.name.startswith("."))  # AppleDouble and other hidden files are no masks
+            splits["train_aug"] = sorted(s for s in stems if s not in val)
     splits.setdefault("train_aug", list(splits["train"]))
     ordered = {k: splits[k] for k in ("train_aug", "train", "val")}
     return ordered | splits, mask_dirs
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def links_outside(index: DatasetIndex) -> list[Path]:
+    """The image, mask and scribble paths of ``index`` that resolve outside its root: symbolic
+    links, or files in a folder that is one. Only files the index names are looked at, in one
+    directory listing per folder, so a large data set costs no stat per file."""
+    root = Path(os.path.realpath(index.root))
+    wanted: dict[Path, set[str]] = defaultdict(set)
+    for split, ids in index.splits.items():
+        for image_id in ids:
+            paths = [index.image_path(image_id), index.mask_path(image_id, split)]
+            if index.scribble_dir is not None:
+                paths.append(index.scribble_path(image_id))
+            for p in paths:
+                wanted[p.parent].add(p.name)
+    outside = []
+    for folder, names in wanted.items():
+        if not folder.is_dir():
+            continue
+        if not _inside(folder, root):
+            outside.append(folder)
+            continue
+        with os.scandir(folder) as entries:
+            links = [entry.name for entry in entries if entry.name in names and entry.is_symlink()]
+        outside += [folder / name for name in links if not _inside(folder / name, root)]
+    return sorted(outside)
+
+
+def refuse_links_outside(index: DatasetIndex) -> None:
+    """ValueError naming the files of ``index`` that lead outside its folder, if any."""
+    outside = links_outside(index)
+    if outside:
+        shown = "; ".join(f"{p} -> {os.path.realpath(p)}" for p in outside[:5])
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        raise ValueError(f"{index.root}: {len(outside)} image/mask/scribble path(s) lead outside the data "
+                         f"folder through a symbolic link: {shown}{more}. If that is intended, set "
+                         f"dataset.folder.follow_symlinks_outside: true (--follow-symlinks-outside)")
+
+
 def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = None,
-                    progress: bool = False) -> DatasetIndex:
-    """Index a VOC-layout folder in place."""
+                    progress: bool = False, follow_symlinks_outside: bool = False) -> DatasetIndex:
+    """Index a VOC-layout folder in place (symbolic links leading out refused unless allowed)."""
     if labels not in LABEL_SOURCES:
         raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
     root = Path(path).resolve()
@@ -143,6 +207,8 @@ def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = Non
     index = DatasetIndex(name=name or root.name, root=root, classes=classes, splits=splits, labels={},
                          mask_dirs=mask_dirs,
                          scribble_dir=SCRIBBLE_DIR if scribbles.is_dir() else None)
+    if not follow_symlinks_outside:
+        refuse_links_outside(index)
     ids = sorted({i for split_ids in splits.values() for i in split_ids})
     json_path, annotations = root / "image_labels.json", root / "Annotations"
     if labels == "auto":
@@ -184,7 +250,7 @@ def render_scribble_folder(xml_dir: Path, voc_root: Path, classes: list[str],
             continue
         with Image.open(image) as im:
             shape = (im.height, im.width)
-        write_label(partial / f"{xml.stem}.png", render_scribblesup_xml(xml, shape, class_index))
+        write_label(label_path(partial, xml.stem), render_scribblesup_xml(xml, shape, class_index))
     partial.mkdir(exist_ok=True)
     os.replace(partial, final)
     return final
@@ -206,7 +272,8 @@ def _find_aug_dir(extracted: Path) -> Path:
 
 def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
                 archives: Mapping[str, Mapping[str, str | None]], retries: int,
-                devkit: str | os.PathLike | None = None, progress: bool = True) -> DatasetIndex:
+                devkit: str | os.PathLike | None = None, progress: bool = True,
+                follow_symlinks_outside: bool = False) -> DatasetIndex:
     """PASCAL VOC 2012 with SBD masks and ScribbleSup scribbles, downloaded or found in place.
 
     With ``devkit`` (an existing VOCdevkit/VOC2012) nothing is downloaded or written: Aug masks
@@ -221,7 +288,8 @@ def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
         voc_root = Path(devkit).resolve()
         if not (voc_root / "JPEGImages").is_dir():
             raise ValueError(f"{voc_root}: devkit is not a VOC2012 folder (no JPEGImages/)")
-        return read_voc_folder(voc_root, "auto", name="voc", progress=progress)
+        return read_voc_folder(voc_root, "auto", name="voc", progress=progress,
+                               follow_symlinks_outside=follow_symlinks_outside)
     if "voc2012_trainval" not in archives:
         raise ValueError("the VOC archives must include 'voc2012_trainval'")
     root = Path(root).resolve()
@@ -237,4 +305,5 @@ def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
     classes = read_classes(voc_root)
     if "scribbles" in extracted:
         render_scribble_folder(_scribble_xml_dir(extracted["scribbles"]), voc_root, classes, progress)
-    return read_voc_folder(voc_root, "auto", name="voc", progress=progress)
+    return read_voc_folder(voc_root, "auto", name="voc", progress=progress,
+                           follow_symlinks_outside=follow_symlinks_outside)

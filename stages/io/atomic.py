@@ -1,17 +1,65 @@
-"""Write-then-rename helpers, so a killed job never leaves a file that looks complete."""
+"""Write-then-rename helpers, so a killed job never leaves a file that looks complete.
+
+Every temporary is a hidden sibling of its target named ``.<target name>.tmp<pid>``: downstream
+globs and Snakemake never take it for an output, and its name says which target it belongs to.
+A killed job (SIGKILL, power loss) leaves it behind; the next write of the same target removes
+it (``remove_stale_temporaries``), so every stage that writes through ``atomic_path`` or
+``atomic_dir`` cleans up after a kill by itself.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
+_TEMP_NAME = re.compile(r"\..+\.tmp[0-9]+")
+
 
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """A sibling name that downstream globs and Snakemake never mistake for the real output."""
+    """A sibling name that downstream globs and Snakemake never mistake for the real output.
+
+    The pid keeps the live temporary apart from a stale one of an earlier job on the same target,
+    so a job that lingers after being replaced can never rename its file over the new one's.
+    """
     p = Path(path)
     return p.with_name(f".{p.name}.tmp{os.getpid()}")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary of ``temp_path_for`` (live or left by a kill)."""
+    return _TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove what earlier, killed writes of ``target`` left: files or folders named
+    ``.<target name>.tmp<pid>`` beside it. Returns the removed paths.
+
+    Only ``target``'s own temporaries match, so jobs writing other targets in the same folder are
+    never disturbed; the same target is never written by two jobs at once, so whatever matches is
+    stale. Inside a temporary folder nothing is stale (``atomic_dir`` makes it fresh and only its
+    job writes there), which spares listing a folder of thousands of files once per file written.
+    """
+    final = Path(target)
+    parent = final.parent
+    if is_temporary(parent) or not parent.is_dir():
+        return []
+    own = re.compile(re.escape(f".{final.name}.tmp") + "[0-9]+")
+    removed = []
+    for entry in os.scandir(parent):
+        if not own.fullmatch(entry.name):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+        print(f"removed {path}, left by an earlier write of {final} that did not finish", file=sys.stderr)
+    return removed
 
 
 @contextlib.contextmanager
@@ -19,6 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it onto ``path`` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = temp_path_for(final)
     try:
         yield tmp
@@ -33,9 +82,10 @@ def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder to fill; it replaces ``directory`` only if the block
     succeeds, so a folder of outputs is either the old one or complete."""
     final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = temp_path_for(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         yield tmp
         if final.exists():

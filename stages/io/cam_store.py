@@ -28,31 +28,39 @@ Reading one image with plain h5py::
         cams, classes = f["cams/2007_000032"][()], f["cams/2007_000032"].attrs["class_indices"]
 
 Writers fill a temporary sibling name and rename it when the last entry is in, so a killed job
-leaves nothing under the output name; readers also refuse a file without ``num_images``.
+leaves nothing under the output name (its temporary is removed by the next write of the same
+file, see ``stages.io.atomic``); readers also refuse a file without ``num_images``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import h5py
 import numpy as np
 
-from stages.data.index import DatasetIndex
-from stages.io.atomic import atomic_path
+from stages.io.atomic import atomic_path, is_temporary
 
 FORMAT_VERSION = 1
+
+
+class DatasetLike(Protocol):
+    """What a CAM file is checked against: a data set's name and class list (a DatasetIndex)."""
+
+    name: str
+    classes: list[str]
 GROUP = "cams"
 # Whole-entry chunks keep an image one read. gzip is built into every HDF5, so plain h5py and
 # h5ls open the file; with byte shuffle it stores float16 CAMs in about 40% of their size, and
 # level 1 writes fastest at nearly the ratio of higher levels (benchmarks/cam_store.py).
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1
-_TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")
+_SHARD_NAME = re.compile(r"\..+\.shard[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -115,10 +123,24 @@ def shard_path(path: str | os.PathLike, rank: int) -> Path:
     return p.with_name(f".{p.name}.shard{rank}")
 
 
+def remove_shards(path: str | os.PathLike) -> list[Path]:
+    """Delete every rank's shard of ``path``, including those of an earlier run with more ranks
+    that was killed before merging. Called once ``path`` itself is complete: at the start of a
+    run the shards may still be being written by the other ranks."""
+    p = Path(path)
+    own = re.compile(re.escape(f".{p.name}.shard") + "[0-9]+")
+    shards = [q for q in p.parent.iterdir() if own.fullmatch(q.name)] if p.parent.is_dir() else []
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return shards
+
+
 class CamWriter:
     """Streams entries into a temporary file and renames it onto ``path`` on a clean exit.
 
-    Use as a context manager; an exception inside the block removes the temporary file.
+    Use as a context manager; an exception inside the block removes the temporary file. Once a
+    complete file (not a shard) is in place, any shards of it are removed: they were merged, or
+    left by a killed multi-process run.
     """
 
     def __init__(self, path: str | os.PathLike, meta: CamFileMeta) -> None:
@@ -139,7 +161,12 @@ class CamWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None and self._file is not None:
             self._file.attrs["num_images"] = self._count
-        return self._stack.__exit__(exc_type, exc, tb)
+        suppressed = self._stack.__exit__(exc_type, exc, tb)
+        if exc_type is None and not _SHARD_NAME.fullmatch(self.path.name):
+            stale = remove_shards(self.path)
+            if stale:
+                print(f"removed {len(stale)} shard(s) of {self.path}", file=sys.stderr)
+        return suppressed
 
     def _check_new(self, image_id: str) -> None:
         if self._group is None:
@@ -190,7 +217,7 @@ class CamReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if _TEMP_NAME.match(self.path.name):
+        if is_temporary(self.path):
             raise ValueError(f"{self.path}: this is a temporary file still being written (or left by "
                              f"a killed job); read the finished file instead")
         if not self.path.is_file():
@@ -261,7 +288,7 @@ class CamReader:
         for image_id in (self.ids() if ids is None else ids):
             yield image_id, self.read(image_id)
 
-    def check_matches(self, index: DatasetIndex, ids: Iterable[str] = ()) -> None:
+    def check_matches(self, index: DatasetLike, ids: Iterable[str] = ()) -> None:
         """Refuse CAMs made for another data set or class list, or lacking any of ``ids``."""
         if self.meta.dataset != index.name or list(self.meta.classes) != list(index.classes):
             raise ValueError(
@@ -280,4 +307,4 @@ def merge_shards(shards: Sequence[str | os.PathLike], path: str | os.PathLike, m
             with CamReader(shard) as reader:
                 writer.copy_entries(reader)
     for shard in shards:
-        Path(shard).unlink()
+        Path(shard).unlink(missing_ok=True)

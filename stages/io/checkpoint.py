@@ -16,6 +16,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """A finished model file: CPU weights (whatever device and wrapper trained them) and its meta."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"model": weights, "meta": meta})
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():

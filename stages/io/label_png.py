@@ -1,4 +1,10 @@
-"""Label maps as VOC palette PNGs (255 = ignore): viewable in any image viewer."""
+"""Label maps as VOC palette PNGs (255 = ignore): viewable in any image viewer.
+
+Pixels are read as stored: an EXIF orientation tag in a PNG is ignored, as for images
+(``stages.data.images``), so a mask lines up with the raw pixels of its image. Files are named
+by image id, and an id that is not a plain name (``stages.data.ids``) is refused here too, the
+last place before a pseudo label or prediction is written.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stages.data.ids import check_id
 from stages.io.atomic import atomic_path
 
 IGNORE = 255
@@ -30,8 +37,16 @@ def voc_palette() -> list[int]:
 _PALETTE = voc_palette()
 
 
+def label_path(directory: str | os.PathLike, image_id: str) -> Path:
+    """``directory/<image_id>.png``, refusing an id that would point elsewhere (``../x``, ``/x``)."""
+    return Path(directory) / f"{check_id(image_id, f'label PNG in {directory}')}.png"
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG as uint8 indices (palette PNGs keep their indices, not colours)."""
+    """Read a label PNG as uint8 indices (palette PNGs keep their indices, not colours).
+
+    No EXIF transpose, like every reader here: VOC masks are aligned with the stored pixels.
+    """
     with Image.open(path) as im:
         if im.mode not in ("P", "L"):
             raise ValueError(f"{path}: label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
@@ -39,7 +54,14 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write uint8 indices as a palette PNG, atomically."""
+    """Write uint8 indices as a palette PNG, atomically.
+
+    The file name must be ``<plain id>.png``: callers build it from an id, and a hidden or
+    control-character name would be a file the next stage never finds. Build paths from ids with
+    :func:`label_path`, which also refuses ids holding a path.
+    """
+    path = Path(path)
+    check_id(path.name.removesuffix(".png"), f"label PNG {str(path)!r}")
     if label.ndim != 2:
         raise ValueError(f"{path}: label must be 2-D, got shape {label.shape}")
     im = Image.fromarray(label.astype(np.uint8), mode="P")

@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 from stages.data.segmentation import SegmentationDataset, label_dir_source
 from stages.data.transforms import AugmentConfig
 from stages.io.label_png import IGNORE
-from stages.methods.base import TrainInputs
-from stages.methods.needs import METHOD_NEEDS
+from stages.methods.base import Method, TrainInputs
 from stages.models.segmenter import Segmenter, SegmenterSpec
+from stages.runtime.hooks import StepContext
 
 
 def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -26,14 +26,14 @@ def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Ten
     return total / (label != IGNORE).sum().clamp(min=1)
 
 
-@dataclass(frozen=True)
-class CrossEntropy:
+@dataclass
+class CrossEntropy(Method):
     """No options: the method is the reference point."""
 
     name: ClassVar[str] = "ce"
-    needs: ClassVar[frozenset[str]] = METHOD_NEEDS["ce"]
+    needs: ClassVar[frozenset[str]] = frozenset({"pseudo_labels"})
 
-    def build_model(self, spec: SegmenterSpec) -> nn.Module:
+    def build_model(self, spec: SegmenterSpec, inputs: TrainInputs | None) -> nn.Module:
         return Segmenter(spec)
 
     def build_dataset(self, inputs: TrainInputs, aug: AugmentConfig, seed: int) -> Dataset:
@@ -41,5 +41,6 @@ class CrossEntropy:
         return SegmentationDataset(inputs.index, inputs.split,
                                    label_dir_source(inputs.pseudo_labels, ids), aug, seed)
 
-    def step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, net: nn.Module, batch: dict[str, torch.Tensor],
+                      ctx: StepContext) -> dict[str, torch.Tensor]:
         return {"loss": masked_cross_entropy(net(batch["image"]), batch["label"])}

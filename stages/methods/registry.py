@@ -1,5 +1,5 @@
-"""Methods by name. Adding one = one module, one entry in ``METHODS``, its needs in needs.py and
-its options in the schema (`variants` in workflow/schemas/config.schema.yaml)."""
+"""Methods by name. Adding one = one module under stages/methods/, one entry in ``METHODS`` and
+its block in the config schema (`variants` in workflow/schemas/config.schema.yaml)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +10,16 @@ import torch
 from torch import nn
 
 from stages.io.checkpoint import load_checkpoint
-from stages.methods.base import Method, TrainInputs
+from stages.methods.base import NEEDS, Method, TrainInputs
 from stages.methods.ce import CrossEntropy
 from stages.models.segmenter import SegmenterSpec
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CrossEntropy,)}
+
+
+def method_options(cls: type[Method]) -> set[str]:
+    """The options a method takes: its dataclass fields that are set at construction."""
+    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
@@ -22,7 +27,7 @@ def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    accepted = {f.name for f in dataclasses.fields(cls)}
+    accepted = method_options(cls)
     unknown = sorted(set(options or {}) - accepted)
     if unknown:
         raise ValueError(f"method {name!r} has no option(s) {', '.join(unknown)}; "
@@ -31,13 +36,16 @@ def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
 
 
 def missing_inputs(method: Method, inputs: TrainInputs) -> list[str]:
-    """The cache items ``method`` needs that ``inputs`` does not provide."""
+    """How to provide each cache item ``method`` needs that ``inputs`` lacks (empty when complete)."""
+    ids = inputs.index.ids(inputs.split)
+    split_has_masks = bool(ids) and inputs.index.mask_path(ids[0], inputs.split).is_file()
     provided = {
         "pseudo_labels": inputs.pseudo_labels is not None,
         "scribbles": inputs.index.scribble_dir is not None,
         "cam_checkpoint": inputs.cam_checkpoint is not None,
+        "gt_masks": split_has_masks,
     }
-    return sorted(need for need in method.needs if not provided[need])
+    return [NEEDS[need] for need in sorted(method.needs) if not provided[need]]
 
 
 def load_trained_model(path: str | os.PathLike, device: str | torch.device) -> tuple[nn.Module, dict]:
@@ -50,9 +58,9 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device) -> t
         raise ValueError(f"{path}: not a trained segmenter file (its meta has no 'method'; "
                          f"a CAM network file?)")
     method = get_method(meta["method"], meta["method_options"])
-    # weights="none": the saved state replaces whatever the backbone started from
+    # weights="none" and no inputs: the saved state replaces whatever the model started from
     spec = SegmenterSpec(backbone=meta["backbone"], decoder=meta["decoder"], num_classes=len(meta["classes"]))
-    model = method.build_model(spec)
+    model = method.build_model(spec, None)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

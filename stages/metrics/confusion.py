@@ -11,12 +11,16 @@ class ConfusionMatrix:
 
     Skipping ignored *predictions* is what makes pseudo-label precision and coverage measurable
     from the same matrix: ``coverage`` is the share of valid GT pixels that received a label.
+    Those pixels are still counted per true class (``unlabelled``), so ``ignored_as(0)`` gives the
+    matrix the field reports for pseudo labels (IRN's evaluation: an ignored pixel is background),
+    whose mIoU does not reward abstaining.
     """
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.valid_gt = 0  # GT pixels that are not 255, labelled or not
+        self.unlabelled = np.zeros(num_classes, dtype=np.int64)  # per true class: predicted 255
 
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
         if gt.shape != pred.shape:
@@ -30,10 +34,20 @@ class ConfusionMatrix:
         self.valid_gt += int(gt_ok.sum())
         keep = gt_ok & (pred != IGNORE)
         self.matrix += np.bincount(n * gt[keep] + pred[keep], minlength=n * n).reshape(n, n)
+        self.unlabelled += np.bincount(gt[gt_ok & ~keep], minlength=n)
 
     def merge(self, other: "ConfusionMatrix") -> None:
         self.matrix += other.matrix
         self.valid_gt += other.valid_gt
+        self.unlabelled += other.unlabelled
+
+    def ignored_as(self, label: int = 0) -> "ConfusionMatrix":
+        """The matrix had every ignored (255) prediction been ``label``; coverage becomes 1."""
+        out = ConfusionMatrix(self.num_classes)
+        out.matrix = self.matrix.copy()
+        out.matrix[:, label] += self.unlabelled
+        out.valid_gt = self.valid_gt
+        return out
 
     def iou(self) -> np.ndarray:
         """Per-class IoU; NaN for a class absent from both truth and prediction."""

@@ -1,4 +1,4 @@
-"""The PL-Mix round loop, resumable at every level.
+"""The PL-Mix round loop, resumable at every level (on ``stages.runtime.rounds.RoundStore``).
 
 Round r (1..R), with ``camT`` the current background threshold:
 
@@ -6,25 +6,17 @@ Round r (1..R), with ``camT`` the current background threshold:
 2. + 3. ``steps`` training steps on mixed images (the trainer's loop: resumable, DDP, metrics);
 4. the threshold sweep on the evaluation split; its best threshold becomes ``camT``.
 
-State directory::
+A round's folder holds::
 
-    meta.json                  the settings the state belongs to; other settings start over
-    round<r>/labels/<id>.png   the round's pseudo labels (kept for inspection)
-    round<r>/train.pt          the trainer's checkpoint within the round (deleted once done)
-    round<r>/train_metrics.csv per-step loss terms
-    round<r>/model.pt          the network after the round, a CAM network file (infer_cam reads it)
-    round<r>/summary.json      the round's row of the rounds table; written last, it marks the
-                               round as done
-
-``rounds`` itself is not part of the state's settings: a round does not depend on how many
-follow, so asking for more rounds continues a finished run, and asking for fewer takes the
-network of an earlier round.
+    labels/<id>.png     the round's pseudo labels (kept for inspection)
+    train.pt            the trainer's checkpoint within the round (deleted once done)
+    train_metrics.csv   per-step loss terms
+    model.pt            the network after the round, a CAM network file (infer_cam reads it)
+    summary.json        the round's row of the rounds table (the store's done marker)
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,23 +30,24 @@ import torch.distributed as dist
 from stages.cams.threshold import threshold_grid
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
-from stages.io.atomic import atomic_path, write_text
-from stages.io.checkpoint import load_checkpoint, save_checkpoint
+from stages.io.atomic import atomic_path
+from stages.io.checkpoint import load_checkpoint, save_model
 from stages.labels.crf import CRFParams
 from stages.models.cam_net import CAMNet
 from stages.plmix.passes import CamInference, sweep_network, write_round_labels
 from stages.plmix.paste import PasteSettings
 from stages.plmix.training import CamsAndLogits, MixCollate, MixLoss, MixStep, PseudoLabelledCrops
-from stages.runtime.distributed import DistContext, barrier
-from stages.runtime.optim import build_optimizer, poly_schedule
-from stages.runtime.trainer import LoopConfig, train_loop
+from stages.runtime.distributed import DistContext
+from stages.runtime.rounds import RoundStore
+from stages.runtime.settings import TrainSettings
+from stages.runtime.trainer import train_loop
 
 LOSS_TERMS = ("loss", "classification", "focal", "soft_iou", "soft_dice", "continuity")
 
 
 @dataclass(frozen=True)
 class PLMixSettings:
-    """PL-Mix's own settings; with ``RoundTraining`` everything that shapes the result."""
+    """PL-Mix's own settings; with the round's ``TrainSettings`` everything that shapes the result."""
 
     rounds: int
     paste_transform_from_round: int
@@ -69,18 +62,6 @@ class PLMixSettings:
     def paste(self, round_number: int) -> PasteSettings:
         return PasteSettings(transform=round_number >= self.paste_transform_from_round,
                              scale_range=self.paste_scale_range, max_rotation=self.paste_max_rotation)
-
-
-@dataclass(frozen=True)
-class RoundTraining:
-    """How every round trains: the schema's ``train`` block, with ``loop.steps`` per round."""
-
-    aug: AugmentConfig
-    loop: LoopConfig
-    optimizer: str
-    lr: float
-    head_lr_mult: float
-    weight_decay: float
 
 
 @dataclass(frozen=True)
@@ -108,37 +89,10 @@ def state_meta(settings: PLMixSettings, provenance: dict[str, Any]) -> dict[str,
     """What a state directory belongs to, as plain JSON values (tuples become lists).
 
     ``provenance``: the input network's hash, the start threshold, the splits and the training
-    settings (train_args.training_meta) -- whatever else shapes the rounds.
+    settings (``TrainSettings.meta``) -- whatever else shapes the rounds.
     """
     shaping = {k: v for k, v in dataclasses.asdict(settings).items() if k != "rounds"}
-    return json.loads(json.dumps({**provenance, "plmix": shaping}))
-
-
-def prepare_state_dir(state_dir: Path, meta: dict[str, Any], ctx: DistContext) -> None:
-    """Clear the rounds of a run with other settings (rank 0), then record these settings."""
-    meta_path = state_dir / "meta.json"
-    if ctx.is_main:
-        old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-        if old != meta:
-            stale = [p for p in state_dir.glob("round*") if p.is_dir()]
-            if stale:
-                print(f"{state_dir} holds rounds made with other settings; starting from round 1",
-                      file=sys.stderr)
-            for p in stale:
-                shutil.rmtree(p)
-            write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    barrier(ctx)
-
-
-def _done_rounds(state_dir: Path, rounds: int) -> list[dict[str, Any]]:
-    """Rows of the consecutive rounds 1..k (k <= rounds) that finished."""
-    rows = []
-    for r in range(1, rounds + 1):
-        summary = state_dir / f"round{r}" / "summary.json"
-        if not summary.is_file():
-            break
-        rows.append(json.loads(summary.read_text()))
-    return rows
+    return {**provenance, "plmix": shaping}
 
 
 def _sync_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
@@ -159,15 +113,14 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _train_round(net: CAMNet, index: DatasetIndex, split: str, r: int, camT: float, settings: PLMixSettings,
-                 training: RoundTraining, round_dir: Path, meta: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+                 training: TrainSettings, round_dir: Path, meta: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     """Steps 2 and 3 of round ``r`` on its pseudo labels; the round's mean loss terms."""
-    loop = dataclasses.replace(training.loop, seed=training.loop.seed * 1000 + r)  # new crops and pairs
-    dataset = PseudoLabelledCrops(index, split, round_dir / "labels", training.aug, settings.paste(r), loop.seed)
-    optimizer = build_optimizer(training.optimizer, net.param_groups(training.head_lr_mult), training.lr,
-                                training.weight_decay)
+    training = dataclasses.replace(training, seed=training.seed * 1000 + r)  # new crops and pairs
+    dataset = PseudoLabelledCrops(index, split, round_dir / "labels", AugmentConfig.from_settings(training),
+                                  settings.paste(r), training.seed)
     steps = pd.DataFrame(train_loop(
-        CamsAndLogits(net), optimizer, poly_schedule(optimizer, loop.steps), dataset, MixStep(settings.loss, camT),
-        loop, ctx, round_dir / "train.pt", round_dir / "train_metrics.csv", {"refine": meta, "round": r, "camT": camT},
+        CamsAndLogits(net), MixStep(settings.loss, camT), dataset, training, ctx, round_dir / "train.pt",
+        round_dir / "train_metrics.csv", {"refine": meta, "round": r, "camT": camT},
         collate_fn=MixCollate(index.num_classes)))
     _sync_buffers(net, ctx)
     return {**{term: float(steps[term].mean()) for term in LOSS_TERMS}, "skipped_steps": int(steps["skipped"].iloc[-1])}
@@ -183,7 +136,7 @@ def _best_threshold(net: CAMNet, index: DatasetIndex, eval_split: str, settings:
 
 
 def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, start: tuple[float, float],
-               settings: PLMixSettings, training: RoundTraining, ops: Operations, state_dir: Path,
+               settings: PLMixSettings, training: TrainSettings, ops: Operations, state_dir: Path,
                rounds_csv: Path, meta: dict[str, Any], net_meta: dict[str, Any], ctx: DistContext) -> RoundState:
     """Refine ``net`` in place for ``settings.rounds`` rounds, resuming from ``state_dir``.
 
@@ -192,19 +145,18 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
     ``net_meta`` the input network's meta, which each round's model file carries on.
     ``rounds_csv`` is rewritten after every round.
     """
-    state_dir = Path(state_dir)
-    prepare_state_dir(state_dir, meta, ctx)
-    done = _done_rounds(state_dir, settings.rounds)
+    store = RoundStore(state_dir, meta, ctx)
+    done = store.completed(settings.rounds)
     state = RoundState(len(done), done[-1]["eval_threshold"] if done else start[0],
                        [{"round": 0, "eval_threshold": start[0], "eval_miou": start[1]}] + done)
     if done:
-        net.load_state_dict(load_checkpoint(state_dir / f"round{len(done)}" / "model.pt")["model"])
+        net.load_state_dict(load_checkpoint(store.round_dir(len(done)) / "model.pt")["model"])
         if ctx.is_main:
             print(f"resuming after round {len(done)} (camT {state.threshold:.3f})", file=sys.stderr)
     net.to(ctx.device)
     inference = CamInference(settings.scales, settings.flip, batch_size=ops.infer_batch_size)
     for r in range(state.completed + 1, settings.rounds + 1):
-        round_dir, camT = state_dir / f"round{r}", state.threshold
+        round_dir, camT = store.round_dir(r), state.threshold
         if ctx.is_main:
             print(f"round {r}/{settings.rounds}: pseudo labels at camT {camT:.3f}", file=sys.stderr)
         write_round_labels(net, index, split, camT, settings.crf, inference, round_dir / "labels", ctx,
@@ -215,14 +167,13 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
                "eval_threshold": threshold, "eval_miou": miou}
         state = RoundState(r, threshold, state.rows + [row])
         if ctx.is_main:
-            weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             refinement = refinement_meta(r, meta["from_checkpoint_sha256"], threshold)
-            save_checkpoint(round_dir / "model.pt", {"model": weights, "meta": {**net_meta, "refinement": refinement}})
-            write_text(round_dir / "summary.json", json.dumps(row, indent=1) + "\n")  # marks the round done
+            save_model(round_dir / "model.pt", net, {**net_meta, "refinement": refinement})
+        store.finish(r, row)
+        if ctx.is_main:
             (round_dir / "train.pt").unlink(missing_ok=True)
             _write_rows(rounds_csv, state.rows)
             print(f"round {r}: {eval_split} mIoU {miou:.4f} at camT {threshold:.3f}", file=sys.stderr)
-        barrier(ctx)
     if ctx.is_main:
         _write_rows(rounds_csv, state.rows)
     return state

@@ -21,6 +21,7 @@ from stages.data.transforms import AugmentConfig, augment, epoch_rng
 from stages.models.cam_net import CAMNet
 from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_dice_loss, soft_iou_loss
 from stages.plmix.paste import PasteSettings, mixed_classes, paste, rotate_rescale
+from stages.runtime.hooks import StepContext, TrainHooks
 
 
 def pooled_logits(net: CAMNet, maps: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,9 @@ class CamsAndLogits(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.cam_net.cams(x)
         return maps, pooled_logits(self.cam_net, maps)
+
+    def param_groups(self, head_lr_mult: float) -> list[dict]:
+        return self.cam_net.param_groups(head_lr_mult)
 
 
 class PseudoLabelledCrops(SegmentationDataset):
@@ -100,13 +104,14 @@ class MixLoss:
 
 
 @dataclass(frozen=True)
-class MixStep:
+class MixStep(TrainHooks):
     """The training step of a round whose pseudo labels used background score ``background``."""
 
     loss: MixLoss
     background: float
 
-    def __call__(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, net: nn.Module, batch: dict[str, torch.Tensor],
+                      ctx: StepContext) -> dict[str, torch.Tensor]:
         maps, logits = net(batch["image"])
         maps, target = maps.float(), batch["label"]
         present = torch.cat([torch.ones_like(batch["labels"][:, :1]), batch["labels"]], dim=1).bool()

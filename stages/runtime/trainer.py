@@ -1,30 +1,34 @@
 """The training loop every trainer shares: resumable, deterministic, guarded against NaN.
 
-A method supplies only ``step_fn(model, batch) -> {"loss": ..., other terms}``; this loop owns
-data order, AMP, DDP, checkpoints, the metrics CSV, progress and signals. Data order is a pure
-function of (seed, epoch), and datasets derive their augmentation randomness from
-(seed, epoch, index) via ``set_epoch``, so a run resumed from a checkpoint replays exactly the
-batches an uninterrupted run would have seen.
+A method supplies hooks (``stages.runtime.hooks.TrainHooks``: its step, optionally its own
+optimisers, state and callbacks); this loop owns data order, gradient accumulation, AMP, DDP,
+checkpoints, the metrics CSV, progress and signals. Data order is a pure function of
+(seed, epoch), and datasets derive their augmentation randomness from (seed, epoch, index) via
+``set_epoch``; every process's torch RNG state and the method's own state are checkpointed, so a
+run resumed from a checkpoint replays exactly what an uninterrupted run would have done.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stages.io.atomic import atomic_path
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
-from stages.runtime.distributed import DistContext, all_reduce_sum, autocast
+from stages.runtime.distributed import DistContext, autocast
+from stages.runtime.hooks import NonFiniteStep, Optimization, StepContext, TrainHooks, check_finite
 from stages.runtime.progress import progress_bar
+from stages.runtime.settings import TrainSettings
 
-StepFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+CHECKPOINT_FORMAT = 2  # model, optimizers, schedulers, per-rank RNG, hooks' state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,28 +42,25 @@ class Interrupted(SystemExit):
         super().__init__(143)
 
 
-@dataclass
-class LoopConfig:
-    steps: int
-    batch_size: int  # per process
-    checkpoint_every: int
-    seed: int = 0
-    num_workers: int = 0
-    on_nonfinite: str = "stop"  # "stop" or "skip"
-    max_skipped: int = 10
-
-
 class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of one epoch for one rank, from a seeded permutation; can start mid-epoch."""
+    """The micro-batches of one epoch for one rank, from a seeded permutation; can start mid-epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                 start_batch: int = 0) -> None:
+    Step k of the epoch takes the k-th slice of ``batch_size x world x accumulation`` images of
+    the permutation and splits it into micro-batches over ranks and accumulation, so a step sees
+    the same images on any number of processes with the same effective batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, accumulation: int, seed: int, epoch: int, rank: int,
+                 world: int, start_step: int = 0) -> None:
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         order = torch.randperm(n, generator=g).tolist()
-        per_rank = len(order) // world
-        mine = order[rank * per_rank:(rank + 1) * per_rank]
-        self.batches = [mine[i:i + batch_size] for i in range(0, per_rank - batch_size + 1, batch_size)]
-        self.batches = self.batches[start_batch:]
+        per_step = batch_size * world * accumulation
+        self.batches = []
+        for k in range(start_step, n // per_step):
+            chunk = order[k * per_step:(k + 1) * per_step]
+            for m in range(accumulation):
+                j = m * world + rank
+                self.batches.append(chunk[j * batch_size:(j + 1) * batch_size])
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -68,10 +69,12 @@ class EpochBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
-def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
-    spe = (n // world) // batch_size
+def steps_per_epoch(n: int, batch_size: int, world: int, accumulation: int = 1) -> int:
+    spe = n // (batch_size * world * accumulation)
     if spe == 0:
-        raise ValueError(f"{n} training images cannot fill one batch of {batch_size} on {world} process(es)")
+        raise ValueError(f"{n} training images cannot fill one step of train.batch_size {batch_size} x "
+                         f"{world} process(es) x {accumulation} accumulated micro-batch(es); lower "
+                         f"train.batch_size (or train.effective_batch_size) in the config")
     return spe
 
 
@@ -110,11 +113,55 @@ def all_finite(module: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, dataset: Dataset, step_fn: StepFn,
-               cfg: LoopConfig, ctx: DistContext, checkpoint_path: Path, metrics_path: Path,
-               meta: dict[str, Any], collate_fn: Callable | None = None) -> list[dict[str, Any]]:
-    """Run until ``cfg.steps``; resume from ``checkpoint_path`` if it exists. Returns the metric rows.
+def learning_rates(optimizations: list[Optimization]) -> dict[str, float]:
+    """``lr`` (the first group's, which the curves plot) and the rate of every param group."""
+    rates = {"lr": optimizations[0].optimizer.param_groups[0]["lr"]}
+    for i, o in enumerate(optimizations):
+        prefix = f"lr_o{i}_" if len(optimizations) > 1 else "lr_"
+        rates.update({f"{prefix}g{j}": g["lr"] for j, g in enumerate(o.optimizer.param_groups)})
+    return rates
+
+
+def _rng_states(ctx: DistContext) -> list[torch.Tensor]:
+    """Every process's torch RNG state (rank order): sampling methods draw on each rank."""
+    state = torch.get_rng_state()
+    if not ctx.distributed:
+        return [state]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _wrap(model: torch.nn.Module, hooks: TrainHooks, ctx: DistContext) -> torch.nn.Module:
+    if not ctx.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.on_gpu else None,
+        find_unused_parameters=hooks.find_unused_parameters)
+
+
+def _forward_backward(net: torch.nn.Module, hooks: TrainHooks, batch: dict[str, Any], sctx: StepContext,
+                      sync: bool) -> dict[str, torch.Tensor]:
+    """One micro-batch: the method's step, then (default optimisation) backward of its share."""
+    if hooks.manual_optimization:
+        with autocast(sctx.dist):
+            terms = hooks.training_step(net, batch, sctx)
+        check_finite(terms["loss"], terms, sctx.dist)
+        return terms
+    no_sync = net.no_sync if (not sync and hasattr(net, "no_sync")) else contextlib.nullcontext
+    with no_sync():
+        with autocast(sctx.dist):
+            terms = hooks.training_step(net, batch, sctx)
+        check_finite(terms["loss"], terms, sctx.dist)
+        (terms["loss"] / sctx.accumulation).backward()
+    return terms
+
+
+def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, settings: TrainSettings,
+               ctx: DistContext, checkpoint_path: Path, metrics_path: Path, meta: dict[str, Any],
+               collate_fn: Callable | None = None, state_dir: Path | None = None,
+               output_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Run until ``settings.steps``; resume from ``checkpoint_path`` if it exists. Returns the metric rows.
 
     ``model`` is the bare module; it is wrapped in DDP here when the process group has several
     ranks. ``meta`` (backbone, classes, hyperparameters) goes into every checkpoint; a checkpoint
@@ -125,86 +172,116 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     model.to(ctx.device)
     if ctx.on_gpu:
         model.to(memory_format=torch.channels_last)
+    accumulation = settings.accumulation(ctx.world_size)
+    if accumulation > 1 and hooks.manual_optimization:
+        raise ValueError(f"{type(hooks).__name__} runs its own optimiser steps and cannot accumulate "
+                         f"gradients: leave train.effective_batch_size unset")
+    optimizations = hooks.configure_optimizers(model, settings)
+    meta = {**meta, "checkpoint_format": CHECKPOINT_FORMAT}
     step, rows, skipped = 0, [], 0
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         if state.get("meta") == meta:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
+            for o, opt_state, sched_state in zip(optimizations, state["optimizers"], state["schedulers"]):
+                o.optimizer.load_state_dict(opt_state)
+                o.scheduler.load_state_dict(sched_state)
+            torch.set_rng_state(state["torch_rng"][ctx.rank])
+            hooks.load_state_dict(state["hooks"])
             step, skipped, rows = state["step"], state["skipped"], state["rows"]
             if ctx.is_main:
-                print(f"resuming from {checkpoint_path} at step {step}/{cfg.steps}", file=sys.stderr)
+                print(f"resuming from {checkpoint_path} at step {step}/{settings.steps}", file=sys.stderr)
         elif ctx.is_main:
             # The workflow re-runs a stage when its parameters change: start over, don't resume.
             print(f"{checkpoint_path} was made with other settings; starting from step 0", file=sys.stderr)
-    net = model
-    if ctx.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.on_gpu else None)
+    net = _wrap(model, hooks, ctx)
 
     def checkpoint() -> None:
+        rng = _rng_states(ctx)  # a collective: every rank takes part
         if ctx.is_main:
             save_checkpoint(checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "step": step, "skipped": skipped, "rows": rows, "meta": meta})
+                "model": model.state_dict(), "optimizers": [o.optimizer.state_dict() for o in optimizations],
+                "schedulers": [o.scheduler.state_dict() for o in optimizations], "torch_rng": rng,
+                "hooks": hooks.state_dict(), "step": step, "skipped": skipped, "rows": rows, "meta": meta})
 
-    spe = steps_per_epoch(len(dataset), cfg.batch_size, ctx.world_size)
-    bar = progress_bar(total=cfg.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
+    spe = steps_per_epoch(len(dataset), settings.batch_size, ctx.world_size, accumulation)
+    sctx = StepContext(step, settings.steps, ctx, optimizations, state_dir, output_dir, accumulation)
+    bar = progress_bar(total=settings.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
     net.train()
     with _StopFlag() as stop:
-        while step < cfg.steps:
+        while step < settings.steps:
             epoch, start = divmod(step, spe)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler = EpochBatchSampler(len(dataset), cfg.batch_size, cfg.seed, epoch,
+            sctx.step = step
+            data = hooks.dataset(dataset, sctx)
+            if len(data) != len(dataset):
+                raise ValueError(f"{type(hooks).__name__}.dataset changed the number of items "
+                                 f"({len(dataset)} -> {len(data)}); data order needs a fixed length")
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
+            sampler = EpochBatchSampler(len(data), settings.batch_size, accumulation, settings.seed, epoch,
                                         ctx.rank, ctx.world_size, start)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+            loader = DataLoader(data, batch_sampler=sampler, num_workers=settings.num_workers,
                                 collate_fn=collate_fn, pin_memory=ctx.on_gpu)
+            micro: list[dict[str, torch.Tensor]] = []
+            drop = 0  # micro-batches left of a skipped step
             tic = time.perf_counter()
             for batch in loader:
-                batch = _move(batch, ctx)
-                with autocast(ctx):
-                    terms = step_fn(net, batch)
-                loss = terms["loss"]
-                bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=ctx.device)
-                if all_reduce_sum(bad, ctx).item() > 0:
-                    if cfg.on_nonfinite != "skip" or skipped >= cfg.max_skipped:
+                if drop:
+                    drop -= 1
+                    continue
+                sctx.step = step
+                if not micro and not hooks.manual_optimization:
+                    for o in optimizations:
+                        o.optimizer.zero_grad(set_to_none=True)
+                try:
+                    terms = _forward_backward(net, hooks, _move(batch, ctx), sctx,
+                                              sync=len(micro) + 1 == accumulation)
+                except NonFiniteStep as exc:
+                    if settings.on_nonfinite != "skip" or skipped >= settings.max_skipped:
                         raise NonFiniteLossError(
-                            f"non-finite loss at step {step + 1} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
-                            f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none'}")
+                            f"non-finite loss at step {step + 1} ({exc.terms}); last good checkpoint: "
+                            f"{checkpoint_path if checkpoint_path.exists() else 'none'}") from None
                     skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
+                    drop, micro = accumulation - len(micro) - 1, []
+                    for o in optimizations:
+                        o.optimizer.zero_grad(set_to_none=True)
                     print(f"step {step + 1}: non-finite loss, skipped ({skipped} so far)", file=sys.stderr)
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-                optimizer.step()
-                scheduler.step()
+                micro.append({k: v.detach() for k, v in terms.items()})
+                if len(micro) < accumulation:
+                    continue
+                rates = learning_rates(optimizations)  # the rates this step used
+                for o in optimizations:
+                    if not hooks.manual_optimization:
+                        o.optimizer.step()
+                    o.scheduler.step()
+                hooks.after_step(model, sctx)
                 step += 1
-                elapsed = time.perf_counter() - tic
-                tic = time.perf_counter()
+                elapsed, tic = time.perf_counter() - tic, time.perf_counter()
                 rows.append({"step": step, "epoch": epoch,
-                             **{k: float(v.detach()) for k, v in terms.items()},
-                             "lr": lr,
-                             "img_per_s": cfg.batch_size * ctx.world_size / max(elapsed, 1e-9),
+                             **{k: float(sum(float(m[k]) for m in micro) / len(micro)) for k in micro[0]},
+                             **rates,
+                             "img_per_s": settings.batch_size * ctx.world_size * accumulation / max(elapsed, 1e-9),
                              "skipped": skipped})
+                micro = []
                 bar.update(1)
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", refresh=False)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                callback = hooks.every_n_steps > 0 and step % hooks.every_n_steps == 0
+                if callback:
+                    hooks.on_every_n_steps(model, sctx)
+                if callback or step % settings.checkpoint_every == 0 or step == settings.steps:
                     checkpoint()
                 if stop.raised:
                     checkpoint()
                     print(f"interrupted at step {step}; checkpoint saved to {checkpoint_path}", file=sys.stderr)
                     raise Interrupted()
-                if step >= cfg.steps:
-                    break
+                if step >= settings.steps or callback:
+                    break  # a callback may have changed the data: rebuild the loader
     bar.close()
     if not all_finite(model):
         raise NonFiniteLossError(f"training ended with non-finite weights; {checkpoint_path} kept")
+    sctx.step = step
+    hooks.on_train_end(model, sctx)
     if ctx.is_main:
         with atomic_path(metrics_path) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)

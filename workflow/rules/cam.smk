@@ -75,7 +75,7 @@ rule cam_panels:
     input:
         index=INDEX,
         cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
-        labels=f"results/pseudo_labels/{used_refinements()[0]}/{config['cam']['infer']['split']}",
+        labels=f"results/pseudo_labels/{panel_refinement()}/{config['cam']['infer']['split']}",
     output:
         report(
             directory("results/cam/panels"),

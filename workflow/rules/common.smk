@@ -1,4 +1,5 @@
 # Helpers shared by the rule files: validation, config lookups, input functions, wildcards.
+import copy
 import json
 import os
 import shlex
@@ -6,8 +7,6 @@ import shlex
 import jsonschema
 import yaml
 from snakemake.utils import min_version, validate
-
-from stages.methods.needs import METHOD_NEEDS
 
 min_version("9.0")
 
@@ -28,6 +27,9 @@ def config_errors(cfg, schema_path):
 _errors = config_errors(config, CONFIG_SCHEMA)
 if _errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(_errors))
+# A variant's `seg` block overrides only the keys it states: taken before `validate` fills the
+# schema's defaults into it, which would otherwise override the top-level `seg` with defaults.
+_VARIANT_SEG = {name: copy.deepcopy(v.get("seg", {})) for name, v in config.get("variants", {}).items()}
 validate(config, CONFIG_SCHEMA)  # fills in the schema's defaults
 
 # Stage modules are run as `python -m stages.<name>` from any working directory.
@@ -97,20 +99,47 @@ def check_dataset_source():
 check_dataset_source()
 
 
+def variant_seg(name):
+    """The segmenter settings of variant ``name``: the top-level `seg`, with the variant's own
+    `seg` keys over it (its `train` block merged key by key)."""
+    own = _VARIANT_SEG.get(name, {})
+    merged = {**config["seg"], **own}
+    merged["train"] = {**config["seg"]["train"], **own.get("train", {})}
+    return merged
+
+
+def init_source(name):
+    """('cam' | 'none' | 'variant' | 'file', the variant name or path) of a variant's `seg.init`."""
+    init = variant_seg(name)["init"]
+    if init in ("cam", "none"):
+        return init, None
+    if init.startswith("variant:"):
+        return "variant", init.split(":", 1)[1]
+    return "file", init
+
+
 def check_variants():
+    """Whatever a variant reads must exist: refused before any job, naming the variant and key."""
     for name, variant in VARIANTS.items():
-        method = variant["method"]
-        if method not in METHOD_NEEDS:
+        source = variant.get("pseudo_labels")
+        if source is not None and source not in REFINEMENTS:
             raise ValueError(
-                f"variants.{name}: unknown method {method!r} (known: {sorted(METHOD_NEEDS)})"
+                f"variants.{name}.pseudo_labels: {source!r} is not one of refinements {sorted(REFINEMENTS)}"
             )
-        if "pseudo_labels" in METHOD_NEEDS[method]:
-            source = variant.get("pseudo_labels")
-            if source not in REFINEMENTS:
-                raise ValueError(
-                    f"variants.{name}: method {method!r} needs pseudo_labels naming one of "
-                    f"refinements {sorted(REFINEMENTS)}, got {source!r}"
-                )
+        kind, value = init_source(name)
+        if kind == "variant" and value not in VARIANTS:
+            raise ValueError(f"variants.{name}.seg.init: no variant {value!r} (variants: {sorted(VARIANTS)})")
+        if kind == "file" and not os.path.isfile(value):
+            raise ValueError(
+                f"variants.{name}.seg.init: {value!r} is neither cam, none, variant:<name> nor an existing "
+                f"file (relative paths start at {os.getcwd()})"
+            )
+        seen = [name]
+        while kind == "variant":  # a chain of cold starts must end somewhere
+            if value in seen:
+                raise ValueError(f"variants.{name}.seg.init: cold starts form a cycle {' -> '.join(seen + [value])}")
+            seen.append(value)
+            kind, value = init_source(value)
 
 
 check_variants()
@@ -130,18 +159,47 @@ def refined_cams(wildcards):
     return f"results/refine/{wildcards.refinement}/cams_{wildcards.split}.h5"
 
 
-def variant_pseudo_labels(wildcards):
-    refinement = VARIANTS[wildcards.variant]["pseudo_labels"]
-    return f"results/pseudo_labels/{refinement}/{config['cam']['infer']['split']}"
+# Keys of a variant that name its inputs or settings rather than the method's options.
+VARIANT_KEYS = ("method", "pseudo_labels", "seg")
+
+
+def train_seg_inputs(wildcards):
+    """A variant's inputs, from what it names: pseudo labels of a refinement, the model it starts from."""
+    name = wildcards.variant
+    inputs = {"index": INDEX, "cam_model": CAM_MODEL}
+    refinement = VARIANTS[name].get("pseudo_labels")
+    if refinement is not None:
+        inputs["pseudo_labels"] = f"results/pseudo_labels/{refinement}/{config['cam']['infer']['split']}"
+    kind, value = init_source(name)
+    if kind == "variant":
+        inputs["init_model"] = f"results/seg/{value}/model.pt"
+    elif kind == "file":
+        inputs["init_model"] = value
+    return inputs
+
+
+def train_seg_flags(wildcards, input):
+    """The input flags of train_seg for what ``train_seg_inputs`` gave the variant."""
+    flags = [f"--cam-checkpoint {input.cam_model}"]
+    if "pseudo_labels" in input.keys():
+        flags.append(f"--pseudo-labels {input.pseudo_labels}")
+    kind, _ = init_source(wildcards.variant)
+    if kind == "cam":
+        flags.append(f"--init-from-cam {input.cam_model}")
+    elif kind in ("variant", "file"):
+        flags.append(f"--init-from-model {shlex.quote(input.init_model)}")
+    return " ".join(flags)
 
 
 def variant_options(wildcards):
-    options = {k: v for k, v in VARIANTS[wildcards.variant].items() if k not in ("method", "pseudo_labels")}
+    options = {k: v for k, v in VARIANTS[wildcards.variant].items() if k not in VARIANT_KEYS}
     return shlex.quote(json.dumps(options, sort_keys=True))
 
 
-def used_refinements():
-    return sorted({v["pseudo_labels"] for v in VARIANTS.values() if "pseudo_labels" in v})
+def panel_refinement():
+    """The refinement whose pseudo labels the CAM panels show: `none` (the raw CAMs' labels) when
+    configured, else the first by name (not by config order, which is no setting)."""
+    return "none" if "none" in REFINEMENTS else sorted(REFINEMENTS)[0]
 
 
 def panel_ids(index_path):

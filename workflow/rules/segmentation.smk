@@ -1,19 +1,27 @@
 rule train_seg:
     input:
-        index=INDEX,
-        pseudo_labels=variant_pseudo_labels,
-        cam_model=CAM_MODEL,
+        unpack(train_seg_inputs),
     output:
         model="results/seg/{variant}/model.pt",
         metrics="results/seg/{variant}/train_metrics.csv",
+        # what the method shows the user (e.g. label maps per round); may stay empty
+        outputs=report(
+            directory("results/seg/{variant}/outputs"),
+            patterns=["{name}.png"],
+            caption="../report/method_outputs.rst",
+            category="Methods",
+            subcategory="{variant}",
+        ),
     params:
+        # Not outputs: they survive a killed job, and the re-run resumes from them.
         checkpoint="results/seg/{variant}/checkpoint.pt",
+        state_dir="results/seg/{variant}/state",
         method=lambda wildcards: VARIANTS[wildcards.variant]["method"],
         options=variant_options,
-        init=lambda wildcards, input: f"--init-from-cam {input.cam_model}" if config["seg"]["init_from_cam"] else "",
+        inputs=train_seg_flags,
         split=config["cam"]["infer"]["split"],
-        model=cli(config["seg"], exclude=("train", "init_from_cam")),
-        train=cli(config["seg"]["train"]),
+        model=lambda wildcards: cli(variant_seg(wildcards.variant), exclude=("train", "init")),
+        train=lambda wildcards: cli(variant_seg(wildcards.variant)["train"]),
         device=config["device"],
     threads: 4
     resources:
@@ -26,9 +34,9 @@ rule train_seg:
         "results/benchmarks/train_seg-{variant}.tsv"
     shell:
         LAUNCH + " stages.train_seg --index {input.index} --split {params.split}"
-        " --method {params.method} --method-options {params.options}"
-        " --pseudo-labels {input.pseudo_labels} {params.init} {params.model} {params.train}"
-        " --device {params.device} --out {output.model} --checkpoint {params.checkpoint}"
+        " --method {params.method} --method-options {params.options} {params.inputs}"
+        " {params.model} {params.train} --device {params.device} --out {output.model}"
+        " --checkpoint {params.checkpoint} --state-dir {params.state_dir} --outputs {output.outputs}"
         " --metrics {output.metrics} > {log} 2>&1"
 
 

@@ -6,6 +6,10 @@ rule summary:
         pseudo=expand("results/pseudo_labels/{refinement}/eval/summary.csv", refinement=REFINEMENTS),
         variants=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
         seg_metrics=expand("results/seg/{variant}/train_metrics.csv", variant=VARIANTS),
+        rounds=expand(
+            "results/refine/{refinement}/rounds.csv",
+            refinement=[r for r, options in REFINEMENTS.items() if options["method"] == "plmix"],
+        ),
     output:
         csv="results/summary/summary.csv",
         md=report("results/summary/summary.md", caption="../report/summary.rst", category="Summary"),
@@ -19,11 +23,18 @@ rule summary:
         curves=lambda wildcards, input: " ".join(
             [f"cam={input.cam_metrics}"] + [f"{v}={path}" for v, path in zip(VARIANTS, input.seg_metrics)]
         ),
+        # the refinement is the folder name: results/refine/<refinement>/rounds.csv
+        rounds=lambda wildcards, input: " ".join(
+            f"{os.path.basename(os.path.dirname(path))}={path}" for path in input.rounds
+        ),
+        cam_split=config["cam"]["eval"]["split"],
+        seg_split=config["evaluation"]["split"],
     log:
         "results/logs/summary.log",
     shell:
         PYTHON + " stages.summary --cam-sweep-best {input.cam_best} --pseudo {params.pseudo}"
-        " --variant {params.variants} --train-metrics {params.curves} --benchmarks results/benchmarks"
+        " --variant {params.variants} --train-metrics {params.curves} --refine-rounds {params.rounds}"
+        " --cam-split {params.cam_split} --seg-split {params.seg_split} --benchmarks results/benchmarks"
         " --out-csv {output.csv} --out-md {output.md} --out-plot-variants {output.variants}"
         " --out-plot-curves {output.curves} > {log} 2>&1"
 
