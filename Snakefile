@@ -2,7 +2,6 @@
 # A table of contents: configuration, validation, one rule file per stage family, the default target.
 import os
 
-
 # The repository default, also when run with --directory. A --configfile is a whole experiment and
 # replaces it (keys it leaves out take the schema's defaults), so a variant left out of the file is
 # gone rather than merged back in from here; --config key=value still edits either one.
@@ -20,6 +19,7 @@ include: "workflow/rules/dataset.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/refine.smk"
 include: "workflow/rules/pseudo_labels.smk"
+include: "workflow/rules/scribbles.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/summary.smk"
 

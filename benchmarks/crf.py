@@ -4,8 +4,9 @@
 
 Inputs are the sample's real images with CAMs made from their masks (see benchmarks/cam_store.py).
 The label comparison builds the CRF input as the stage does (``label_probabilities`` of the
-thresholded map) once over present classes + background and once over all 21 labels. The process comparison runs the pseudo-label stage's
-own code (``generate_pseudo_labels``) on a CAM file of the whole train split.
+thresholded map) once over present classes + background and once over all 21 labels. The process
+comparison runs the pseudo-label stage's own code (``generate_pseudo_labels``) on a CAM file of the
+whole train split.
 """
 from __future__ import annotations
 

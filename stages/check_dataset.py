@@ -15,6 +15,7 @@ import sys
 
 from stages.data.checks import ERROR, check_index, drop_images, summarize, write_report
 from stages.data.index import DatasetIndex
+from stages.errors import run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,13 +11,14 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from stages.runtime.progress import progress_bar
 
 from stages.cams.threshold import sweep_thresholds, threshold_grid
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
 from stages.io.cam_store import CamReader
 from stages.io.label_png import read_label
+from stages.runtime.progress import progress_bar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def masks_and_cams(index: DatasetIndex, reader: CamReader, split: str) -> Iterat
     for image_id, entry in reader.entries(index.ids(split)):
         gt = read_label(index.mask_path(image_id, split))
         if gt.shape != entry.size:
-            raise ValueError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, its mask "
+            raise InputError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, its mask "
                              f"{index.mask_path(image_id, split)} is {gt.shape}")
         yield gt, entry.cams, entry.class_indices
 
@@ -68,4 +69,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

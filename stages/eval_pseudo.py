@@ -14,12 +14,13 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, MissingInputError, run_stage
 from stages.io.atomic import atomic_path
 from stages.io.label_png import read_label
 from stages.metrics.confusion import ConfusionMatrix
+from stages.runtime.progress import progress_bar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,14 +38,14 @@ def score_labels(index: DatasetIndex, labels_dir: Path, split: str) -> Confusion
     ids = index.ids(split)
     missing = [i for i in ids if not (labels_dir / f"{i}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{labels_dir}: {len(missing)} pseudo label(s) of split {split!r} "
+        raise MissingInputError(f"{labels_dir}: {len(missing)} pseudo label(s) of split {split!r} "
                                 f"missing, e.g. {missing[:5]}")
     matrix = ConfusionMatrix(index.num_classes)
     for image_id in progress_bar(ids, desc=f"score {split}", unit="img"):
         label_path, mask_path = labels_dir / f"{image_id}.png", index.mask_path(image_id, split)
         label, gt = read_label(label_path), read_label(mask_path)
         if label.shape != gt.shape:
-            raise ValueError(f"{label_path}: size {label.shape} differs from mask {mask_path} {gt.shape}")
+            raise InputError(f"{label_path}: size {label.shape} differs from mask {mask_path} {gt.shape}")
         matrix.update(gt, label)
     return matrix
 
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

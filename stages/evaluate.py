@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from stages.runtime.progress import progress_bar
 
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_dir, atomic_path
 from stages.io.checkpoint import check_meta
 from stages.io.label_png import colorize, read_label, write_label
@@ -29,6 +29,7 @@ from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, den
 from stages.methods.registry import load_trained_model
 from stages.metrics.confusion import ConfusionMatrix
 from stages.runtime.distributed import DistContext, autocast, distributed_session
+from stages.runtime.progress import progress_bar
 
 SINGLE, MULTISCALE, MULTISCALE_CRF = "single", "multiscale", "multiscale+crf"
 
@@ -120,7 +121,7 @@ def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence
         image = load_rgb(index.image_path(image_id))
         gt = read_label(index.mask_path(image_id, split))
         if gt.shape != image.shape[:2]:
-            raise ValueError(f"{index.mask_path(image_id, split)}: mask size {gt.shape} != image size "
+            raise InputError(f"{index.mask_path(image_id, split)}: mask size {gt.shape} != image size "
                              f"{image.shape[:2]}")
         single, multi = predict_probs(model, image, scales, flip, ctx)
         predictions = {SINGLE: single.argmax(0).numpy().astype(np.uint8),
@@ -179,4 +180,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from stages.runtime.progress import progress_bar
-
 from stages.cams.multiscale import write_cams
 from stages.data.index import DatasetIndex
+from stages.errors import MissingEntryError, run_stage
 from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
 from stages.io.checkpoint import check_meta, file_sha256
 from stages.models.cam_net import load_cam_net
 from stages.runtime.distributed import barrier, distributed_session
+from stages.runtime.progress import progress_bar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ids = index.ids(args.split)
     unlabelled = [i for i in ids if i not in index.labels]
     if unlabelled:
-        raise KeyError(f"{args.index}: {len(unlabelled)} id(s) of split {args.split!r} have no "
+        raise MissingEntryError(f"{args.index}: {len(unlabelled)} id(s) of split {args.split!r} have no "
                        f"image-level labels, e.g. {unlabelled[:5]}")
     with distributed_session(args.device) as ctx:
         net, meta = load_cam_net(args.checkpoint, ctx.device)
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,11 +19,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from stages.data.ids import check_id
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path
 from stages.io.cam_store import CamReader
+from stages.io.ids import check_id
 from stages.io.label_png import IGNORE, colorize, read_label
 
 HEAT_ALPHA = 0.5  # share of the CAM colour in a heatmap tile, the rest is the image
@@ -42,7 +43,7 @@ def describe_hdf5(path: str | os.PathLike, limit: int = 20) -> str:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from exc
+        raise InputError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from exc
     lines = [f"{path}"]
     with f:
         lines += [f"  @{k} = {_format_attr(v)}" for k, v in f.attrs.items()]
@@ -88,7 +89,7 @@ def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path
     image = load_rgb(index.image_path(image_id))
     entry = reader.read(image_id)
     if image.shape[:2] != entry.size:
-        raise ValueError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, the image is "
+        raise InputError(f"{reader.path}: CAMs of {image_id!r} are {entry.size}, the image is "
                          f"{image.shape[:2]}")
     cams = [(f"CAM {index.classes[c]}", _heatmap(image, cam)) for c, cam in zip(entry.class_indices, entry.cams)]
     label_maps = []
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

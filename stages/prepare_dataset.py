@@ -14,6 +14,7 @@ import sys
 
 from stages.data.toy import generate_toy
 from stages.data.voc_folder import LABEL_SOURCES, prepare_voc, read_voc_folder
+from stages.errors import run_stage
 
 KIND_FLAGS = {
     "toy": ("root", "num_classes", "num_train_aug", "num_train", "num_val", "min_size", "max_size", "seed"),
@@ -87,4 +88,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

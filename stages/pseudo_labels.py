@@ -8,11 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
-from stages.runtime.progress import progress_bar
-
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, run_stage
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.labels.pseudo import PseudoLabelSettings, generate_pseudo_labels
+from stages.runtime.progress import progress_bar
 
 
 def threshold_arg(text: str) -> float | str:
@@ -44,11 +44,11 @@ def resolve_threshold(threshold: float | str, best: str | None) -> float:
     if threshold != "auto":
         return threshold
     if best is None:
-        raise ValueError("--threshold auto needs --best (the JSON written by eval_cam)")
+        raise InputError("--threshold auto needs --best (the JSON written by eval_cam)")
     try:
         return float(json.loads(Path(best).read_text())["threshold"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{best}: cannot read a best threshold ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{best}: cannot read a best threshold ({type(exc).__name__}: {exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from stages.data.index import DatasetIndex
+from stages.errors import InputError, run_stage
 from stages.io.checkpoint import check_meta, file_sha256, save_model
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
@@ -86,7 +87,7 @@ def read_best(path: Path) -> tuple[float, float]:
         best = json.loads(path.read_text())
         return float(best["threshold"]), float(best["miou"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: cannot read eval_cam's best threshold ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: cannot read eval_cam's best threshold ({type(exc).__name__}: {exc})") from exc
 
 
 def plmix_settings_from(args: argparse.Namespace) -> PLMixSettings:
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

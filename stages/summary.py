@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
+from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
 
 COLUMNS = ["stage", "name", "split", "miou", "miou_labelled", "miou_multiscale", "miou_multiscale_crf",
@@ -53,9 +54,9 @@ def named_paths(values: Sequence[str], flag: str) -> dict[str, Path]:
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"{flag} {value!r}: expected NAME=PATH")
+            raise InputError(f"{flag} {value!r}: expected NAME=PATH")
         if name in out:
-            raise ValueError(f"{flag}: name {name!r} given twice")
+            raise InputError(f"{flag}: name {name!r} given twice")
         out[name] = Path(path)
     return out
 
@@ -64,17 +65,21 @@ def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     frame = pd.read_csv(path)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
     return frame
 
 
-def cam_row(best_json: Path, split: str) -> dict:
-    try:
-        best = json.loads(best_json.read_text())
-        return {"stage": "cam", "name": "cam", "split": split, "miou": float(best["miou"]),
-                "threshold": float(best["threshold"])}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{best_json}: not an eval_cam best-threshold JSON ({exc})") from exc
+def cam_rows(bests: dict[str, Path], split: str) -> list[dict]:
+    """One row per CAM file's sweep: the raw CAMs (``cam``) and each refinement's own."""
+    rows = []
+    for name, best_json in bests.items():
+        try:
+            best = json.loads(best_json.read_text())
+            rows.append({"stage": "cam", "name": name, "split": split, "miou": float(best["miou"]),
+                         "threshold": float(best["threshold"])})
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{best_json}: not an eval_cam best-threshold JSON ({exc})") from exc
+    return rows
 
 
 def refine_rows(rounds: dict[str, Path], split: str) -> list[dict]:
@@ -92,7 +97,7 @@ def pseudo_rows(summaries: dict[str, Path], split: str) -> list[dict]:
     rows = []
     for name, path in summaries.items():
         if "miou_labelled" not in pd.read_csv(path, nrows=0).columns:
-            raise ValueError(f"{path}: no miou_labelled column: made by an older eval_pseudo, whose miou "
+            raise InputError(f"{path}: no miou_labelled column: made by an older eval_pseudo, whose miou "
                              f"skipped ignored pixels; re-run it (snakemake --forcerun eval_pseudo)")
         row = read_csv(path, ["miou", "miou_labelled", "precision", "coverage"]).iloc[0]
         rows.append({"stage": "pseudo_labels", "name": name, "split": split, "miou": row["miou"],
@@ -107,7 +112,7 @@ def variant_rows(metrics: dict[str, Path], split: str) -> list[dict]:
         frame = read_csv(path, ["mode", "miou"])
         unknown = set(frame["mode"]) - SEG_MODE_COLUMNS.keys()
         if unknown:
-            raise ValueError(f"{path}: unknown evaluation mode(s) {sorted(unknown)}")
+            raise InputError(f"{path}: unknown evaluation mode(s) {sorted(unknown)}")
         rows.append({"stage": "segmentation", "name": name, "split": split,
                      **{SEG_MODE_COLUMNS[m]: v for m, v in zip(frame["mode"], frame["miou"])}})
     return rows
@@ -128,14 +133,14 @@ def benchmark_rows(directory: Path) -> list[dict]:
 def benchmark_seconds(path: Path) -> float:
     frame = pd.read_csv(path, sep="\t")
     if "s" not in frame.columns or frame.empty:
-        raise ValueError(f"{path}: not a Snakemake benchmark file (needs a column 's' and a row)")
+        raise InputError(f"{path}: not a Snakemake benchmark file (needs a column 's' and a row)")
     return float(frame["s"].mean())
 
 
-def summary_table(cam_best: Path, pseudo: dict[str, Path], variants: dict[str, Path], benchmarks: Path,
+def summary_table(cam_best: dict[str, Path], pseudo: dict[str, Path], variants: dict[str, Path], benchmarks: Path,
                   rounds: dict[str, Path] | None = None, *, cam_split: str, seg_split: str) -> pd.DataFrame:
     """``cam_split``: where CAMs, rounds and pseudo labels were scored; ``seg_split``: the segmenters."""
-    rows = [cam_row(cam_best, cam_split), *refine_rows(rounds or {}, cam_split), *pseudo_rows(pseudo, cam_split),
+    rows = [*cam_rows(cam_best, cam_split), *refine_rows(rounds or {}, cam_split), *pseudo_rows(pseudo, cam_split),
             *variant_rows(variants, seg_split), *benchmark_rows(benchmarks)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.dropna(axis=1, how="all")
@@ -207,7 +212,8 @@ def plot_variants(table: pd.DataFrame, path: Path) -> None:
     if seg.empty:
         ax_seg.text(0.5, 0.5, "no variants", ha="center", va="center", transform=ax_seg.transAxes)
 
-    groups = ["CAM" if s == "cam" else f"pseudo labels\n{n}" for s, n in zip(labels["stage"], labels["name"])]
+    groups = [("CAM" if n == "cam" else f"CAM\n{n}") if s == "cam" else f"pseudo labels\n{n}"
+              for s, n in zip(labels["stage"], labels["name"])]
     series = {"mIoU (pseudo labels: 255 = background)": labels["miou"]}
     if "miou_labelled" in labels and labels["miou_labelled"].notna().any():
         series["mIoU of labelled pixels only"] = labels["miou_labelled"]
@@ -278,7 +284,8 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cam-sweep-best", type=Path, required=True, help="eval_cam best.json")
+    p.add_argument("--cam-best", nargs="+", required=True, metavar="NAME=JSON",
+                   help="eval_cam best.json of each CAM file (cam = the raw CAMs, else the refinement)")
     p.add_argument("--pseudo", nargs="+", default=[], metavar="NAME=CSV", help="eval_pseudo summaries")
     p.add_argument("--variant", nargs="+", default=[], metavar="NAME=CSV", help="evaluate metrics")
     p.add_argument("--train-metrics", nargs="+", default=[], metavar="NAME=CSV", help="training metrics")
@@ -298,7 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rounds = named_paths(args.refine_rounds, "--refine-rounds")
-    table = summary_table(args.cam_sweep_best, named_paths(args.pseudo, "--pseudo"),
+    table = summary_table(named_paths(args.cam_best, "--cam-best"), named_paths(args.pseudo, "--pseudo"),
                           named_paths(args.variant, "--variant"), args.benchmarks, rounds,
                           cam_split=args.cam_split, seg_split=args.seg_split)
     plot_variants(table, args.out_plot_variants)
@@ -310,4 +317,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

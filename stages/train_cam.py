@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from stages.data.classification import ClassificationDataset
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
+from stages.errors import run_stage
 from stages.io.checkpoint import save_model
 from stages.models.cam_net import POOLINGS, CAMNet
 from stages.runtime.distributed import distributed_session
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -17,6 +17,7 @@ from torch import nn
 
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
+from stages.errors import InputError, run_stage
 from stages.io.checkpoint import file_sha256, save_model
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method-options", default="{}", help="JSON object of the method's options")
     p.add_argument("--pseudo-labels", type=Path, help="folder of <id>.png pseudo labels for the split")
     p.add_argument("--cam-checkpoint", type=Path, help="CAM network file, for methods that read it")
+    p.add_argument("--scribbles", type=Path, help="folder of <id>.png scribble maps for the split")
     p.add_argument("--init-from-cam", type=Path, help="CAM model file whose backbone starts the segmenter")
     p.add_argument("--init-from-model", type=Path,
                    help="trained segmenter file (another variant's model.pt) that starts the whole model")
@@ -63,10 +65,10 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     """Train (or resume) and write the final model file; returns the bare trained model."""
     index = DatasetIndex.load(args.index)
     method = get_method(args.method, args.method_options)
-    inputs = TrainInputs(index, args.split, args.pseudo_labels, args.cam_checkpoint)
+    inputs = TrainInputs(index, args.split, args.pseudo_labels, args.cam_checkpoint, scribbles=args.scribbles)
     missing = missing_inputs(method, inputs)
     if missing:
-        raise ValueError(f"method {method.name!r} needs {', '.join(missing)}")
+        raise InputError(f"method {method.name!r} needs {', '.join(missing)}")
     settings = settings_from(args)
     torch.manual_seed(settings.seed)
     spec = SegmenterSpec(args.backbone, args.decoder, index.num_classes, args.weights)
@@ -109,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

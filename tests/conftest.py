@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,21 @@ def planned_jobs(workdir: Path, config: Path, *args: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def toy_with_gt_labels(root: Path, num_train_aug: int = 12, min_size: int = 48, max_size: int = 72,
+                       labels: str = "pseudo") -> tuple[Path, Path]:
+    """(index.json, label folder) of a 3-class toy set whose "pseudo labels" are its GT masks: a
+    method trained on them has something true to learn."""
+    from stages.data.toy import generate_toy
+
+    index = generate_toy(root / "data", num_classes=3, num_train_aug=num_train_aug, num_train=4, num_val=4,
+                         min_size=min_size, max_size=max_size, seed=0)
+    index.save(root / "index.json")
+    (root / labels).mkdir()
+    for image_id in index.ids("train_aug"):
+        shutil.copy(index.mask_path(image_id, "train_aug"), root / labels / f"{image_id}.png")
+    return root / "index.json", root / labels
 
 
 @pytest.fixture

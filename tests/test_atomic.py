@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO, pipeline_env
 from stages.data.index import DatasetIndex
-from stages.io.atomic import (atomic_dir, atomic_path, is_temporary, remove_stale_temporaries,
-                              temp_path_for, write_text)
+from stages.io.atomic import atomic_dir, atomic_path, is_temporary, remove_stale_temporaries, temp_path_for, write_text
 from stages.io.cam_store import CamFileMeta, CamWriter, shard_path
 from stages.io.checkpoint import save_checkpoint
 from stages.io.label_png import read_label
-
-from conftest import REPO, pipeline_env
 
 
 def leave_stale(target: Path, pid: int = 999_999) -> tuple[Path, Path]:

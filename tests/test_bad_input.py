@@ -13,8 +13,10 @@ Three groups, one test id per case:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import io
 import json
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, pipeline_env, snakemake, write_config
+from stages import errors
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
 from stages.io.cam_store import CamReader
@@ -304,14 +307,16 @@ def stage_main(name: str, argv: list[object]) -> None:
 
 
 def stage_error(name: str, argv: list[object]) -> str:
-    """The message a stage stops with: its exception, or the ``SystemExit`` text the user sees."""
-    with pytest.raises((ValueError, KeyError, FileNotFoundError, RuntimeError, SystemExit)) as info:
-        stage_main(name, argv)
-    if isinstance(info.value, KeyError):
-        return str(info.value.args[0])
-    if isinstance(info.value, SystemExit):
-        assert info.value.code not in (0, None), f"stages.{name} exited cleanly"
-    return str(info.value)
+    """What a person reads when a stage stops on bad input, run as its ``__main__`` block runs it:
+    one line ``<stage>: error: <message>`` before anything else of the error, no traceback, exit 2."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as info:
+        errors.run_stage(lambda: stage_main(name, argv), name)
+    lines = stderr.getvalue().splitlines()
+    assert info.value.code == 2, f"stages.{name}: not reported as bad input:\n{stderr.getvalue()[-3000:]}"
+    assert "Traceback" not in stderr.getvalue()
+    assert lines[-2].startswith(f"{name}: error: ") and lines[-1] == f"({errors.DEBUG_VARIABLE}=1 shows the traceback)"
+    return lines[-2]
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Hostile names and links: an id or a symbolic link must never lead a stage outside its folder.
 
-The same id rule (``stages.data.ids``) is tried at every place an id becomes a path: an
+The same id rule (``stages.io.ids``) is tried at every place an id becomes a path: an
 ``ImageSets`` list file, a hand-edited index JSON (under both check policies) and the label PNG
 writer. Symbolic links from a data folder to files outside it are refused at indexing unless
 ``--follow-symlinks-outside`` (``dataset.folder.follow_symlinks_outside``) allows them.
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bad_input import _list_file, make_toy_folder
 
 from stages import check_dataset, prepare_dataset
 from stages.data.checks import check_index
 from stages.data.index import DatasetIndex
 from stages.data.voc_folder import read_voc_folder
 from stages.io.label_png import label_path, write_label
-from test_bad_input import _list_file, make_toy_folder
 
 HOSTILE = {
     "parent_path": "../../outside/x",

@@ -5,9 +5,9 @@ import shutil
 
 import pandas as pd
 import pytest
+from slurm_node import SlurmNode, install, why_not_available
 
 from conftest import snakemake
-from slurm_node import SlurmNode, install, why_not_available
 
 # What this one-node cluster needs on top of `--profile slurm`: no accounting, no job wider than
 # its 2 CPUs (training rules ask for 4 threads), and short polling so each job takes seconds.

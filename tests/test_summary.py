@@ -16,6 +16,7 @@ BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\
 @pytest.fixture
 def inputs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "best.json").write_text(json.dumps({"threshold": 0.26, "miou": 0.4125}))
+    (tmp_path / "best_plmix.json").write_text(json.dumps({"threshold": 0.3, "miou": 0.45}))
     (tmp_path / "pseudo_none.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
                                               "0.45,0.5,0.8,0.9,100\n")
     (tmp_path / "pseudo_plmix.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
@@ -40,7 +41,7 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 def cli(d: Path) -> list[str]:
-    return ["--cam-sweep-best", str(d / "best.json"),
+    return ["--cam-best", f"cam={d / 'best.json'}", f"plmix={d / 'best_plmix.json'}",
             "--pseudo", f"none={d / 'pseudo_none.csv'}", f"plmix={d / 'pseudo_plmix.csv'}",
             "--variant", f"ce={d / 'eval_ce.csv'}", f"rss={d / 'eval_rss.csv'}",
             "--train-metrics", f"cam={d / 'train_cam.csv'}", f"ce={d / 'train_ce.csv'}",
@@ -56,7 +57,7 @@ def test_table_contents(inputs) -> None:
     table = pd.read_csv(d / "out" / "summary.csv")
     assert table.columns.tolist() == summary.COLUMNS
     rows = {(r.stage, r.name): r for r in table.itertuples()}
-    assert list(rows) == [("cam", "cam"), ("refine", "plmix round 1"), ("refine", "plmix round 2"),
+    assert list(rows) == [("cam", "cam"), ("cam", "plmix"), ("refine", "plmix round 1"), ("refine", "plmix round 2"),
                           ("pseudo_labels", "none"), ("pseudo_labels", "plmix"),
                           ("segmentation", "ce"), ("segmentation", "rss"), ("train_cam", "-"),
                           ("train_seg", "ce")]
@@ -78,9 +79,9 @@ def test_table_contents(inputs) -> None:
     start = md.index("| stage | name | split | miou | miou_labelled | miou_multiscale | miou_multiscale_crf "
                      "| precision | coverage | threshold | seconds |")
     table_lines = md[start:md.index("", start)]
-    assert len(table_lines) == 2 + 9
+    assert len(table_lines) == 2 + 10
     assert "| pseudo_labels | plmix | train | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 |  |  |" in table_lines
-    assert "| segmentation | rss | val | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[8]
+    assert "| segmentation | rss | val | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[9]
     assert table_lines[-1].startswith("| train_seg | ce |") and table_lines[-1].endswith("| 35.0 |")
     notes = "\n".join(md[md.index("Columns:"):])
     assert "`miou`: pseudo labels: an ignored (255) pixel counts as background" in notes
@@ -92,7 +93,7 @@ def test_table_contents(inputs) -> None:
 
 def test_columns_nobody_filled_are_dropped(inputs) -> None:
     d = inputs["dir"]
-    table = summary.summary_table(d / "best.json", {}, {"ce": d / "eval_ce.csv"}, d / "missing",
+    table = summary.summary_table({"cam": d / "best.json"}, {}, {"ce": d / "eval_ce.csv"}, d / "missing",
                                   cam_split="train", seg_split="val")
     assert table.columns.tolist() == ["stage", "name", "split", "miou", "miou_multiscale", "threshold"]
 

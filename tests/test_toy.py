@@ -11,7 +11,7 @@ import pytest
 from stages import prepare_dataset
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
-from stages.data.scribbles import erode, thin
+from stages.data.scribbles import erode, object_stroke
 from stages.data.toy import class_names, generate_toy
 from stages.io.label_png import IGNORE, read_label
 
@@ -132,10 +132,13 @@ def test_cli_names_missing_flags(tmp_path: Path, capsys) -> None:
     assert "--num-classes" in capsys.readouterr().err
 
 
-def test_thinning_and_erosion_on_a_bar() -> None:
+def test_stroke_and_erosion_on_a_bar() -> None:
     bar = np.zeros((20, 40), bool)
     bar[5:15, 5:35] = True
-    skeleton = thin(bar)
-    assert skeleton.sum() > 10 and (skeleton <= bar).all()
-    assert skeleton.sum(axis=0).max() <= 2  # one pixel thick, along the bar
+    stroke = object_stroke(bar, np.random.default_rng(0))
+    assert (stroke <= erode(bar, 2)).all()  # inside the eroded bar
+    assert stroke[:, 10:30].any(axis=0).all()  # along the bar
+    assert stroke.sum() < 0.5 * erode(bar, 2).sum()  # a skeleton widened by a pixel, not the bar
     assert erode(bar, 2).sum() == 6 * 26
+    edge = np.ones((10, 10), bool)
+    assert erode(edge, 1).sum() == 8 * 8  # beyond the border counts as outside

@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import pipeline_env, stage_argv
+from conftest import pipeline_env, stage_argv, toy_with_gt_labels
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
-from stages.data.toy import generate_toy
 from stages.data.transforms import AugmentConfig
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.io.label_png import IGNORE
@@ -29,15 +28,7 @@ TIMING_COLUMNS = ["img_per_s"]  # wall-clock throughput differs between any two 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Path]:
     """(index.json, pseudo-label folder) where the pseudo labels are copies of the GT masks."""
-    root = tmp_path_factory.mktemp("toy")
-    index = generate_toy(root / "data", num_classes=3, num_train_aug=12, num_train=4, num_val=4,
-                         min_size=48, max_size=72, seed=0)
-    index.save(root / "index.json")
-    labels = root / "pseudo"
-    labels.mkdir()
-    for image_id in index.ids("train_aug"):
-        shutil.copy(index.mask_path(image_id, "train_aug"), labels / f"{image_id}.png")
-    return root / "index.json", labels
+    return toy_with_gt_labels(tmp_path_factory.mktemp("toy"))
 
 
 def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> list[str]:

@@ -4,7 +4,6 @@ DDP, is SIGKILLed mid-run, resumes, and ends exactly where an uninterrupted run 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, pipeline_env, stage_argv
-from stages.data.toy import generate_toy
+from conftest import REPO, pipeline_env, stage_argv, toy_with_gt_labels
 from stages.io.checkpoint import load_checkpoint
 
 STEPS = 10
@@ -24,15 +22,7 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("plugin")
-    index = generate_toy(root / "data", num_classes=3, num_train_aug=16, num_train=4, num_val=4,
-                         min_size=40, max_size=56, seed=0)
-    index.save(root / "index.json")
-    labels = root / "labels"
-    labels.mkdir()
-    for image_id in index.ids("train_aug"):
-        shutil.copy(index.mask_path(image_id, "train_aug"), labels / f"{image_id}.png")
-    return root / "index.json", labels
+    return toy_with_gt_labels(tmp_path_factory.mktemp("plugin"), num_train_aug=16, min_size=40, max_size=56)
 
 
 def command(index: Path, labels: Path, out: Path) -> list[str]:

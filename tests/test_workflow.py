@@ -1,9 +1,11 @@
 """The workflow as a user runs it: dry runs of the DAG, then one tiny run end to end."""
+import json
+
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, planned_jobs, write_config
+from conftest import REPO, planned_jobs, snakemake, write_config
 
 TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam", "pseudo_labels",
          "eval_pseudo", "cam_panels", "refine_plmix"}
@@ -22,9 +24,14 @@ def test_slurm_profile_plans_the_same_dag(tmp_path):
 
 
 def test_two_variants_share_the_trunk(tmp_path):
-    one = planned_jobs(tmp_path, write_config(tmp_path / "one.yaml", variants={
-        "ce": {"method": "ce", "pseudo_labels": "none"}}))
-    jobs = planned_jobs(tmp_path, write_config(tmp_path / "two.yaml", variants={
+    def exactly(name, variants):  # write_config merges variants into the tiny config's
+        path = write_config(tmp_path / name)
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**config, "variants": variants}, sort_keys=False))
+        return path
+
+    one = planned_jobs(tmp_path, exactly("one.yaml", {"ce": {"method": "ce", "pseudo_labels": "none"}}))
+    jobs = planned_jobs(tmp_path, exactly("two.yaml", {
         "ce": {"method": "ce", "pseudo_labels": "none"},
         "ce_b": {"method": "ce", "pseudo_labels": "none"}}))
     assert jobs["train_seg"] == 2 and jobs["evaluate"] == 2
@@ -83,4 +90,21 @@ def test_changing_a_seg_hyperparameter_keeps_the_cam_trunk(tiny_run):
         "crop_size": 64, "batch_size": 4, "steps": 6, "checkpoint_every": 3, "lr": 0.02}})
     jobs = planned_jobs(workdir, cfg)
     assert not (TRUNK & set(jobs)), jobs
-    assert jobs["train_seg"] == 2  # both variants of the tiny config read seg.train
+    assert jobs["train_seg"] == len(yaml.safe_load(cfg.read_text())["variants"])  # every variant reads seg.train
+
+
+@pytest.mark.workflow
+def test_pseudo_labels_cut_each_cam_file_at_its_own_best_threshold(tiny_run):
+    """Raw and PL-Mix CAMs get a sweep each; each pseudo-label job reads its own file's best."""
+    workdir, cfg = tiny_run
+    results = workdir / "results"
+    for refinement, run in (("none", "cam"), ("plmix", "refine/plmix")):
+        best = json.loads((results / run / "eval" / "best.json").read_text())["threshold"]
+        log = (results / "logs" / "pseudo_labels" / f"{refinement}-train_aug.log").read_text()
+        assert f"(threshold {best:.3f}," in log, (refinement, best, log[-300:])
+    commands = snakemake(workdir, "-n", "-p", "--cores", "1", "--forcerun", "pseudo_labels", config=cfg).stdout
+    plmix = next(line for line in commands.splitlines()
+                 if "stages.pseudo_labels" in line and "refine/plmix/cams" in line)
+    assert "--best results/refine/plmix/eval/best.json" in plmix
+    summary = pd.read_csv(results / "summary" / "summary.csv")
+    assert set(summary[summary["stage"] == "cam"]["name"]) == {"cam", "plmix"}

@@ -5,13 +5,14 @@ from typing import Iterable
 
 import numpy as np
 
+from stages.errors import InputError
 from stages.metrics.confusion import ConfusionMatrix
 
 
 def threshold_grid(start: float, stop: float, step: float) -> np.ndarray:
     """Thresholds start, start+step, ... up to and including ``stop`` (rounded, so 0.6 is hit)."""
     if step <= 0 or stop < start:
-        raise ValueError(f"bad threshold range: start={start} stop={stop} step={step}")
+        raise InputError(f"bad threshold range: start={start} stop={stop} step={step}")
     count = int(np.floor((stop - start) / step + 1e-9)) + 1
     return np.round(start + step * np.arange(count), 10)
 

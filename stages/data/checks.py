@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from stages.runtime.progress import progress_bar
 
 from stages.data.images import ORIENTATIONS, TRANSPOSING, exif_orientation, load_rgb
 from stages.data.index import DatasetIndex
 from stages.io.atomic import atomic_path
 from stages.io.label_png import IGNORE, read_label
+from stages.runtime.progress import progress_bar
 
 REPORT_COLUMNS = ("id", "split", "file", "problem", "severity")
 ERROR, WARNING = "error", "warning"

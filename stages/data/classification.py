@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
+from stages.errors import InputError, MissingEntryError
 
 
 class ClassificationDataset(Dataset):
@@ -24,13 +25,13 @@ class ClassificationDataset(Dataset):
         self.epoch = 0
         missing = [i for i in self.ids if i not in index.labels]
         if missing:
-            raise KeyError(f"split {split!r} of {index.name!r}: no image-level labels for "
+            raise MissingEntryError(f"split {split!r} of {index.name!r}: no image-level labels for "
                            f"{len(missing)} ids, e.g. {missing[:3]}")
         self.targets = torch.zeros(len(self.ids), index.num_classes - 1)
         for row, image_id in enumerate(self.ids):
             for c in index.labels[image_id]:
                 if not 1 <= c < index.num_classes:
-                    raise ValueError(f"{image_id}: label {c} outside foreground classes 1..{index.num_classes - 1}")
+                    raise InputError(f"{image_id}: label {c} outside foreground classes 1..{index.num_classes - 1}")
                 self.targets[row, c - 1] = 1.0
 
     def set_epoch(self, epoch: int) -> None:

@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from stages.errors import InputError
 from stages.runtime.progress import progress_bar
 
 CHUNK = 1 << 20
@@ -48,7 +49,7 @@ def archive_filename(url: str) -> str:
     """The file name a URL's path ends with (query strings such as ``?dl=1`` dropped)."""
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
-        raise ValueError(f"{url}: URL path has no file name")
+        raise InputError(f"{url}: URL path has no file name")
     return name
 
 
@@ -143,7 +144,7 @@ def _extract_into(archive: Path, target: Path) -> None:
             zf.extractall(target)
         return
     if not tarfile.is_tarfile(archive):
-        raise ValueError(f"{archive}: neither a tar nor a zip archive")
+        raise InputError(f"{archive}: neither a tar nor a zip archive")
     with tarfile.open(archive) as tf:
         for member in tf.getmembers():
             _member_target(target, member.name, archive)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stages.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,7 +35,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        raise InputError(f"{path}: cannot read image ({exc})") from exc
 
 
 def exif_orientation(path: str | os.PathLike) -> int:

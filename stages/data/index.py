@@ -2,7 +2,7 @@
 
 It records the class names, the ids of every split, the image-level labels and where the images,
 masks and scribbles of a VOC-format folder live, so a stage never guesses a path. Every id and
-folder name in it is checked on construction (``stages.data.ids``): an index is joined to paths
+folder name in it is checked on construction (``stages.io.ids``): an index is joined to paths
 by every stage, so a hand-edited one must not lead a stage outside its data folder.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.data.ids import check_id
+from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.atomic import write_text
+from stages.io.ids import check_id
 
 FORMAT_VERSION = 1
 
@@ -60,7 +61,7 @@ class DatasetIndex:
         try:
             return self.splits[split]
         except KeyError:
-            raise KeyError(f"split {split!r} not in the index of {self.name!r} "
+            raise MissingEntryError(f"split {split!r} not in the index of {self.name!r} "
                            f"(has {sorted(self.splits)})") from None
 
     def image_path(self, image_id: str) -> Path:
@@ -72,7 +73,7 @@ class DatasetIndex:
 
     def scribble_path(self, image_id: str) -> Path:
         if self.scribble_dir is None:
-            raise FileNotFoundError(f"data set {self.name!r} has no scribbles")
+            raise MissingInputError(f"data set {self.name!r} has no scribbles")
         return self.root / self.scribble_dir / f"{image_id}.png"
 
     def save(self, path: str | os.PathLike) -> None:
@@ -89,9 +90,9 @@ class DatasetIndex:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read the data set index ({exc})") from exc
+            raise InputError(f"{path}: cannot read the data set index ({exc})") from exc
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: index format {data.get('format_version')} != {FORMAT_VERSION}")
+            raise InputError(f"{path}: index format {data.get('format_version')} != {FORMAT_VERSION}")
         try:
             return cls(
                 name=data["name"], root=Path(data["root"]), classes=list(data["classes"]),
@@ -101,4 +102,4 @@ class DatasetIndex:
                 mask_dirs=dict(data["mask_dirs"]), scribble_dir=data["scribble_dir"],
             )
         except ValueError as exc:  # a bad id: name the file the user has to fix
-            raise ValueError(f"{path}: {exc}") from exc
+            raise InputError(f"{path}: {exc}") from exc

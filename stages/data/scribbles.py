@@ -1,23 +1,26 @@
-"""Scribble label maps: drawn from ScribbleSup XML, or synthesised from a mask.
+"""Scribble label maps: drawn from ScribbleSup XML, or synthesised from a label map.
 
 A scribble map has the size of its image, a class index on stroke pixels and 255 (ignore)
 everywhere else, so it reads like any other label PNG. ScribbleSup's VOC scribbles are
 polylines drawn 3 px wide; about 3% of the pixels end up labelled. When no real scribbles
-exist (the toy set), strokes are synthesised from the mask: the skeleton of each eroded
-object (clipped to the object) and a few free curves in the eroded background.
-
-Binary morphology lives here, in plain numpy, because scipy is not a dependency of the
-pipeline and the few operations needed are short.
+exist, strokes are synthesised from a label map -- a ground-truth mask (the toy set, the
+``synthetic`` scribble source) or the confident pixels of pseudo labels (the ``pseudo`` source):
+the skeleton of each eroded object (clipped to the object) and a few free curves in the eroded
+background. Morphology comes from scipy.ndimage (erosion, dilation, connected components) and
+scikit-image (skeletons).
 """
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
+from skimage.morphology import skeletonize
 
+from stages.errors import InputError
 from stages.io.label_png import IGNORE
 
 STROKE_WIDTH = 3
@@ -29,68 +32,45 @@ SCRIBBLESUP_ALIASES = {
 }
 
 
-def _shift_reduce(mask: np.ndarray, radius: int, axis: int, reduce_and: bool) -> np.ndarray:
-    """1-D min (AND) or max (OR) filter of width 2*radius+1; outside the image counts as False."""
-    out = mask.copy()
-    n = mask.shape[axis]
-    for d in range(1, radius + 1):
-        if d >= n:
-            if reduce_and:
-                out[:] = False
-            break
-        fwd = [slice(None)] * 2
-        bwd = [slice(None)] * 2
-        fwd[axis], bwd[axis] = slice(d, None), slice(None, -d)
-        shifted_fwd = np.zeros_like(mask)
-        shifted_bwd = np.zeros_like(mask)
-        shifted_fwd[tuple(bwd)] = mask[tuple(fwd)]
-        shifted_bwd[tuple(fwd)] = mask[tuple(bwd)]
-        if reduce_and:
-            out &= shifted_fwd & shifted_bwd
-        else:
-            out |= shifted_fwd | shifted_bwd
-    return out
+def _square(radius: int) -> np.ndarray:
+    return np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool)
 
 
 def erode(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Square erosion (separable); pixels beyond the border count as outside the mask."""
-    m = mask.astype(bool)
+    """Square erosion; pixels beyond the border count as outside the mask, so a shape cut by
+    the image edge is eroded from the edge too (a stroke never hugs the border)."""
+    m = np.asarray(mask, dtype=bool)
     if radius <= 0:
         return m.copy()
-    return _shift_reduce(_shift_reduce(m, radius, 0, True), radius, 1, True)
+    return ndimage.binary_erosion(m, _square(radius), border_value=0)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Square dilation (separable)."""
-    m = mask.astype(bool)
+    """Square dilation."""
+    m = np.asarray(mask, dtype=bool)
     if radius <= 0:
         return m.copy()
-    return _shift_reduce(_shift_reduce(m, radius, 0, False), radius, 1, False)
+    return ndimage.binary_dilation(m, _square(radius))
 
 
-def thin(mask: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning to a one-pixel skeleton, each sub-iteration vectorised over the image."""
-    img = mask.astype(np.uint8).copy()
-    while True:
-        changed = False
-        for first_pass in (True, False):
-            p = np.pad(img, 1)
-            p2, p3, p4 = p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:]
-            p5, p6, p7 = p[2:, 2:], p[2:, 1:-1], p[2:, :-2]
-            p8, p9 = p[1:-1, :-2], p[:-2, :-2]
-            ring = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
-            neighbours = p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9
-            transitions = sum(((a == 0) & (b == 1)).astype(np.uint8) for a, b in zip(ring, ring[1:]))
-            if first_pass:
-                side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
-            else:
-                side = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
-            remove = (img == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & side
-            if remove.any():
-                img[remove] = 0
-                changed = True
-        if not changed:
-            return img.astype(bool)
+def regions(label_map: np.ndarray, instances: np.ndarray | None = None,
+            min_area: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """(class, pixels) of every object of a label map: each instance of ``instances`` when given
+    (0 = none; its class is the most common label on it), else each 8-connected component of a
+    foreground class. Regions smaller than ``min_area`` pixels are skipped."""
+    valid = (label_map != IGNORE) & (label_map != 0)
+    if instances is not None:
+        for inst in np.unique(instances):
+            region = (instances == inst) & valid
+            if inst != 0 and region.sum() >= min_area:
+                yield int(np.bincount(label_map[region]).argmax()), region
+        return
+    for cls in np.unique(label_map[valid]):
+        components, count = ndimage.label(label_map == cls, structure=_square(1))
+        for k in range(1, count + 1):
+            region = components == k
+            if region.sum() >= min_area:
+                yield int(cls), region
 
 
 def _draw_polyline(shape_hw: tuple[int, int], points: list[tuple[float, float]], width: int) -> np.ndarray:
@@ -102,18 +82,20 @@ def _draw_polyline(shape_hw: tuple[int, int], points: list[tuple[float, float]],
     return np.asarray(canvas, dtype=bool)
 
 
-def object_stroke(region: np.ndarray, rng: np.random.Generator, inset: int = 2) -> np.ndarray:
+def object_stroke(region: np.ndarray, rng: np.random.Generator, inset: int = 2,
+                  core_only: bool = False) -> np.ndarray:
     """A thin stroke inside ``region``: its skeleton after erosion, plus a chord if that is short.
 
     Compact shapes (a disc, a square) thin to almost a point, unlike a person's scribble that
-    crosses the object, so a chord through the centroid at a random angle tops them up.
+    crosses the object, so a chord through the centroid at a random angle tops them up. A region
+    too thin to survive the erosion is stroked whole, as a person would, unless ``core_only``.
     """
     inner = erode(region, inset)
-    if not inner.any():
+    if not inner.any() and not core_only:
         inner = region.astype(bool)
     if not inner.any():
         return inner
-    stroke = thin(inner)
+    stroke = skeletonize(inner)
     ys, xs = np.nonzero(inner)
     extent = max(np.ptp(ys), np.ptp(xs)) + 1
     if stroke.sum() < 0.6 * extent:
@@ -141,24 +123,20 @@ def background_strokes(background: np.ndarray, rng: np.random.Generator, count: 
     return out & inner
 
 
-def synthesize_scribbles(mask: np.ndarray, instances: np.ndarray, rng: np.random.Generator,
-                         background_count: int = 2) -> np.ndarray:
-    """Scribbles from a ground-truth mask and an instance map (0 = background, k = k-th object).
+def synthesize_scribbles(label_map: np.ndarray, rng: np.random.Generator,
+                         instances: np.ndarray | None = None, background_count: int = 2,
+                         min_area: int = 1, core_only: bool = False) -> np.ndarray:
+    """Scribbles from a label map (a mask, or pseudo labels whose 255 marks unsure pixels).
 
-    Each visible object gets one skeleton stroke carrying its class; the background gets
-    ``background_count`` curves; everything else is 255.
+    Each object (``regions``) gets one skeleton stroke carrying its class; the background gets
+    ``background_count`` curves; everything else is 255. Strokes never cross into an ignored or
+    differently labelled pixel; with ``core_only`` (pseudo labels) they stay inside the eroded
+    labelled pixels of their class, and an object with no such core gets none.
     """
-    out = np.full(mask.shape, IGNORE, dtype=np.uint8)
-    valid = mask != IGNORE
-    out[background_strokes((mask == 0) & valid, rng, background_count)] = 0
-    for inst in np.unique(instances):
-        if inst == 0:
-            continue
-        region = (instances == inst) & valid & (mask != 0)
-        if not region.any():
-            continue
-        cls = int(np.bincount(mask[region]).argmax())
-        out[object_stroke(region, rng)] = cls
+    out = np.full(label_map.shape, IGNORE, dtype=np.uint8)
+    out[background_strokes(label_map == 0, rng, background_count)] = 0
+    for cls, region in regions(label_map, instances, min_area):
+        out[object_stroke(region, rng, core_only=core_only)] = cls
     return out
 
 
@@ -172,18 +150,18 @@ def render_scribblesup_xml(xml_path: str | os.PathLike, shape_hw: tuple[int, int
     try:
         root = ET.parse(xml_path).getroot()
     except (OSError, ET.ParseError) as exc:
-        raise ValueError(f"{xml_path}: cannot read scribble XML ({exc})") from exc
+        raise InputError(f"{xml_path}: cannot read scribble XML ({exc})") from exc
     out = np.full(shape_hw, IGNORE, dtype=np.uint8)
     for polygon in root.iter("polygon"):
         tag = (polygon.findtext("tag") or "").strip().lower()
         name = SCRIBBLESUP_ALIASES.get(tag, tag)
         if name not in class_index:
-            raise ValueError(f"{xml_path}: unknown scribble tag {tag!r} "
+            raise InputError(f"{xml_path}: unknown scribble tag {tag!r} "
                              f"(known: {sorted(class_index)} and {sorted(SCRIBBLESUP_ALIASES)})")
         try:
             points = [(float(p.findtext("X")), float(p.findtext("Y"))) for p in polygon.iter("point")]
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{xml_path}: bad point in a {tag!r} scribble ({exc})") from exc
+            raise InputError(f"{xml_path}: bad point in a {tag!r} scribble ({exc})") from exc
         if not points:
             continue
         out[_draw_polyline(shape_hw, points, STROKE_WIDTH)] = class_index[name]

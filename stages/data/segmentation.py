@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
+from stages.errors import InputError, MissingInputError
 from stages.io.label_png import IGNORE, label_dir_ids, read_label
 
 LabelPath = Callable[[str], Path]
@@ -29,10 +30,10 @@ def label_dir_source(directory: str | os.PathLike, ids: list[str]) -> LabelPath:
     """
     folder = Path(directory)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: label folder not found")
+        raise MissingInputError(f"{folder}: label folder not found")
     missing = sorted(set(ids) - set(label_dir_ids(folder)))
     if missing:
-        raise ValueError(f"{folder}: {len(missing)} of {len(ids)} images have no label PNG "
+        raise InputError(f"{folder}: {len(missing)} of {len(ids)} images have no label PNG "
                          f"(e.g. {', '.join(missing[:5])})")
     return lambda image_id: folder / f"{image_id}.png"
 
@@ -62,10 +63,10 @@ class SegmentationDataset(Dataset):
         path = self.label_path(image_id)
         label = read_label(path)
         if label.shape != image.shape[:2]:
-            raise ValueError(f"{path}: label is {label.shape[1]}x{label.shape[0]}, "
+            raise InputError(f"{path}: label is {label.shape[1]}x{label.shape[0]}, "
                              f"image {image_id} is {image.shape[1]}x{image.shape[0]}")
         if np.any((label >= self.index.num_classes) & (label != IGNORE)):
-            raise ValueError(f"{path}: values outside 0..{self.index.num_classes - 1} and {IGNORE}")
+            raise InputError(f"{path}: values outside 0..{self.index.num_classes - 1} and {IGNORE}")
         return image, label
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

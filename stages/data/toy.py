@@ -38,12 +38,13 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from stages.runtime.progress import progress_bar
 
 from stages.data.index import DatasetIndex
 from stages.data.scribbles import erode, synthesize_scribbles
+from stages.errors import InputError
 from stages.io.atomic import atomic_path, write_text
 from stages.io.label_png import IGNORE, write_label
+from stages.runtime.progress import progress_bar
 
 JPEG_QUALITY = 92
 SPLIT_CODES = {"train_aug": 1, "val": 2}
@@ -121,7 +122,7 @@ class _Object:
 def class_names(num_classes: int) -> list[str]:
     """Background plus the first ``num_classes`` shape families."""
     if not 1 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"toy num_classes must be 1..{MAX_CLASSES}, got {num_classes}")
+        raise InputError(f"toy num_classes must be 1..{MAX_CLASSES}, got {num_classes}")
     return ["background", *list(SHAPES)[:num_classes]]
 
 
@@ -327,7 +328,7 @@ def make_sample(num_classes: int, min_size: int, max_size: int, rng: np.random.G
 
     mask = label.copy()
     mask[_boundary_band(label)] = IGNORE
-    scribbles = synthesize_scribbles(mask, instances, rng)
+    scribbles = synthesize_scribbles(mask, rng, instances)
     present = sorted(int(c) for c in np.unique(mask) if c not in (0, IGNORE))
     return ToySample(image_u8, mask, scribbles, present)
 
@@ -342,9 +343,9 @@ def generate_toy(root: str | os.PathLike, *, num_classes: int, num_train_aug: in
                  progress: bool = False) -> DatasetIndex:
     """Write the toy set in VOC layout under ``root`` and return its index (not saved)."""
     if num_train > num_train_aug:
-        raise ValueError(f"toy num_train ({num_train}) must not exceed num_train_aug ({num_train_aug})")
+        raise InputError(f"toy num_train ({num_train}) must not exceed num_train_aug ({num_train_aug})")
     if min_size > max_size:
-        raise ValueError(f"toy min_size ({min_size}) must not exceed max_size ({max_size})")
+        raise InputError(f"toy min_size ({min_size}) must not exceed max_size ({max_size})")
     names = class_names(num_classes)
     root = Path(root).resolve()
     counts = {"train_aug": num_train_aug, "val": num_val}

@@ -16,7 +16,7 @@ folder:
   ``labels``; check_dataset reports them;
 - scribbles: ``Scribbles/<id>.png`` when that folder exists. A folder read in place is never
   written to, so ScribbleSup XML is rendered only for a VOC tree this module extracted itself;
-- ids are plain file names (``stages.data.ids``): a list line such as ``../../outside/x`` is
+- ids are plain file names (``stages.io.ids``): a list line such as ``../../outside/x`` is
   refused, naming the list file and line, since the id is joined to the folder's paths;
 - an image, mask or scribble that is a symbolic link leading outside the folder is refused
   unless ``follow_symlinks_outside`` (``dataset.folder.follow_symlinks_outside``): a data set
@@ -34,13 +34,14 @@ from typing import Mapping
 
 import numpy as np
 from PIL import Image
-from stages.runtime.progress import progress_bar
 
 from stages.data.download import archive_filename, fetch, safe_extract
-from stages.data.ids import check_id
 from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribbles import render_scribblesup_xml
+from stages.errors import InputError
+from stages.io.ids import check_id
 from stages.io.label_png import label_path, read_label, write_label
+from stages.runtime.progress import progress_bar
 
 LABEL_SOURCES = ("auto", "json", "xml", "masks")
 AUG_DIR = "SegmentationClassAug"
@@ -72,7 +73,7 @@ def read_classes(root: Path) -> list[str]:
         return list(VOC_CLASSES)
     names = [word for _, word in _first_words(path)]
     if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"{path}: need background plus at least one class, all names distinct")
+        raise InputError(f"{path}: need background plus at least one class, all names distinct")
     return names
 
 
@@ -81,7 +82,7 @@ def _foreground_indices(names: list[str], classes: list[str], source: Path, imag
     out = set()
     for name in names:
         if name not in index or index[name] == 0:
-            raise ValueError(f"{source}: image {image_id!r} has label {name!r}, "
+            raise InputError(f"{source}: image {image_id!r} has label {name!r}, "
                              f"not a foreground class of {classes[1:]}")
         out.add(index[name])
     return sorted(out)
@@ -92,10 +93,16 @@ def labels_from_json(path: Path, classes: list[str], ids: list[str]) -> dict[str
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read image labels ({exc})") from exc
+        raise InputError(f"{path}: cannot read image labels ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object mapping image id -> list of class names")
-    return {i: _foreground_indices(list(data[i]), classes, path, i) for i in ids if i in data}
+        raise InputError(f"{path}: expected an object mapping image id -> list of class names, "
+                         f"got a JSON {type(data).__name__}")
+    wrong = [i for i in ids if i in data and not (isinstance(data[i], list)
+                                                   and all(isinstance(c, str) for c in data[i]))]
+    if wrong:
+        raise InputError(f"{path}: the labels of {wrong[0]!r} are {json.dumps(data[wrong[0]])}, not a list of "
+                         f"class names (e.g. [\"dog\", \"person\"]); {len(wrong)} id(s) like this")
+    return {i: _foreground_indices(data[i], classes, path, i) for i in ids if i in data}
 
 
 def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
@@ -109,7 +116,7 @@ def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
         try:
             root = ET.parse(path).getroot()
         except ET.ParseError as exc:
-            raise ValueError(f"{path}: cannot parse annotation XML ({exc})") from exc
+            raise InputError(f"{path}: cannot parse annotation XML ({exc})") from exc
         names = [(obj.findtext("name") or "").strip() for obj in root.findall("object")]
         out[i] = _foreground_indices(names, classes, path, i)
     return out
@@ -137,7 +144,7 @@ def _read_splits(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     splits = {p.stem: read_id_list(p) for p in sorted(lists.glob("*.txt"))}
     for needed in ("train", "val"):
         if needed not in splits:
-            raise ValueError(f"{lists}: no {needed}.txt (found {sorted(splits) or 'no lists'})")
+            raise InputError(f"{lists}: no {needed}.txt (found {sorted(splits) or 'no lists'})")
     mask_dirs: dict[str, str] = {}
     aug = root / AUG_DIR
     if aug.is_dir():
@@ -188,7 +195,7 @@ def refuse_links_outside(index: DatasetIndex) -> None:
     if outside:
         shown = "; ".join(f"{p} -> {os.path.realpath(p)}" for p in outside[:5])
         more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
-        raise ValueError(f"{index.root}: {len(outside)} image/mask/scribble path(s) lead outside the data "
+        raise InputError(f"{index.root}: {len(outside)} image/mask/scribble path(s) lead outside the data "
                          f"folder through a symbolic link: {shown}{more}. If that is intended, set "
                          f"dataset.folder.follow_symlinks_outside: true (--follow-symlinks-outside)")
 
@@ -197,10 +204,10 @@ def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = Non
                     progress: bool = False, follow_symlinks_outside: bool = False) -> DatasetIndex:
     """Index a VOC-layout folder in place (symbolic links leading out refused unless allowed)."""
     if labels not in LABEL_SOURCES:
-        raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
+        raise InputError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
     root = Path(path).resolve()
     if not (root / "JPEGImages").is_dir():
-        raise ValueError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
+        raise InputError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
     classes = read_classes(root)
     splits, mask_dirs = _read_splits(root)
     scribbles = root / SCRIBBLE_DIR
@@ -217,7 +224,7 @@ def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = Non
         index.labels = labels_from_json(json_path, classes, ids)
     elif labels == "xml":
         if not annotations.is_dir():
-            raise ValueError(f"{root}: labels from XML asked for, but there is no Annotations/ folder")
+            raise InputError(f"{root}: labels from XML asked for, but there is no Annotations/ folder")
         index.labels = labels_from_xml(annotations, classes, ids, progress)
     else:
         index.labels = labels_from_masks(index, progress)
@@ -232,7 +239,7 @@ def _scribble_xml_dir(extracted: Path) -> Path:
         return preferred[0]
     if len(folders) == 1:
         return folders[0]
-    raise ValueError(f"{extracted}: cannot tell which folder holds the VOC scribbles "
+    raise InputError(f"{extracted}: cannot tell which folder holds the VOC scribbles "
                      f"(XML in {[str(f) for f in folders] or 'no folder'})")
 
 
@@ -260,13 +267,13 @@ def _find_devkit(extracted: Path) -> Path:
     for candidate in sorted(extracted.rglob("VOC2012")):
         if (candidate / "JPEGImages").is_dir():
             return candidate
-    raise ValueError(f"{extracted}: the VOC archive holds no VOC2012/JPEGImages folder")
+    raise InputError(f"{extracted}: the VOC archive holds no VOC2012/JPEGImages folder")
 
 
 def _find_aug_dir(extracted: Path) -> Path:
     folders = [p for p in extracted.rglob(AUG_DIR) if p.is_dir() and "__MACOSX" not in p.parts]
     if not folders:
-        raise ValueError(f"{extracted}: the SegmentationClassAug archive holds no {AUG_DIR} folder")
+        raise InputError(f"{extracted}: the SegmentationClassAug archive holds no {AUG_DIR} folder")
     return folders[0]
 
 
@@ -283,15 +290,15 @@ def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
     """
     unknown = sorted(set(archives) - set(VOC_ARCHIVES))
     if unknown:
-        raise ValueError(f"unknown VOC archive name(s) {unknown}; known: {list(VOC_ARCHIVES)}")
+        raise InputError(f"unknown VOC archive name(s) {unknown}; known: {list(VOC_ARCHIVES)}")
     if devkit is not None:
         voc_root = Path(devkit).resolve()
         if not (voc_root / "JPEGImages").is_dir():
-            raise ValueError(f"{voc_root}: devkit is not a VOC2012 folder (no JPEGImages/)")
+            raise InputError(f"{voc_root}: devkit is not a VOC2012 folder (no JPEGImages/)")
         return read_voc_folder(voc_root, "auto", name="voc", progress=progress,
                                follow_symlinks_outside=follow_symlinks_outside)
     if "voc2012_trainval" not in archives:
-        raise ValueError("the VOC archives must include 'voc2012_trainval'")
+        raise InputError("the VOC archives must include 'voc2012_trainval'")
     root = Path(root).resolve()
     extracted = {}
     for name, spec in archives.items():

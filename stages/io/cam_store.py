@@ -44,6 +44,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import h5py
 import numpy as np
 
+from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.atomic import atomic_path, is_temporary
 
 FORMAT_VERSION = 1
@@ -98,7 +99,7 @@ class CamFileMeta:
                 refinement=_as_str(attrs.get("refinement", "")),
             )
         except KeyError as exc:
-            raise ValueError(f"{path}: CAM file lacks attribute {exc.args[0]!r}") from None
+            raise InputError(f"{path}: CAM file lacks attribute {exc.args[0]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class CamWriter:
         if self._group is None:
             raise RuntimeError(f"{self.path}: CamWriter used outside its 'with' block")
         if "/" in image_id or image_id in ("", ".", ".."):
-            raise ValueError(f"{self.path}: image id {image_id!r} cannot be an HDF5 entry name")
+            raise InputError(f"{self.path}: image id {image_id!r} cannot be an HDF5 entry name")
         if image_id in self._group:
             raise ValueError(f"{self.path}: image id {image_id!r} written twice")
 
@@ -218,15 +219,15 @@ class CamReader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if is_temporary(self.path):
-            raise ValueError(f"{self.path}: this is a temporary file still being written (or left by "
+            raise InputError(f"{self.path}: this is a temporary file still being written (or left by "
                              f"a killed job); read the finished file instead")
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: CAM file not found")
+            raise MissingInputError(f"{self.path}: CAM file not found")
         self._reads = 0
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise ValueError(f"{self.path}: not a readable HDF5 CAM file (corrupt or truncated?): "
+            raise InputError(f"{self.path}: not a readable HDF5 CAM file (corrupt or truncated?): "
                              f"{exc}") from exc
         try:
             self._check_layout()
@@ -239,13 +240,13 @@ class CamReader:
         attrs = self._file.attrs
         version = attrs.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"{self.path}: CAM file format version {version} (expected {FORMAT_VERSION})")
+            raise InputError(f"{self.path}: CAM file format version {version} (expected {FORMAT_VERSION})")
         if GROUP not in self._file:
-            raise ValueError(f"{self.path}: no '{GROUP}' group; not a CAM file")
+            raise InputError(f"{self.path}: no '{GROUP}' group; not a CAM file")
         if "num_images" not in attrs:
-            raise ValueError(f"{self.path}: CAM file was never finished (no num_images attribute)")
+            raise InputError(f"{self.path}: CAM file was never finished (no num_images attribute)")
         if int(attrs["num_images"]) != len(self._file[GROUP]):
-            raise ValueError(f"{self.path}: holds {len(self._file[GROUP])} entries but says "
+            raise InputError(f"{self.path}: holds {len(self._file[GROUP])} entries but says "
                              f"{int(attrs['num_images'])}; the file is damaged")
 
     def __enter__(self) -> "CamReader":
@@ -274,12 +275,12 @@ class CamReader:
         group = self._file[GROUP]
         ds = group.get(image_id)
         if ds is None:
-            raise KeyError(f"{self.path}: image id {image_id!r} is not in this CAM file "
+            raise MissingEntryError(f"{self.path}: image id {image_id!r} is not in this CAM file "
                            f"({len(group)} entries, split {self.meta.split!r})")
         try:
             cams = ds[()].astype(np.float32)
         except OSError as exc:
-            raise ValueError(f"{self.path}: entry {image_id!r} cannot be read (corrupt or "
+            raise InputError(f"{self.path}: entry {image_id!r} cannot be read (corrupt or "
                              f"truncated file?): {exc}") from exc
         return CamEntry(cams=cams, class_indices=np.asarray(ds.attrs["class_indices"], dtype=np.int64))
 
@@ -291,12 +292,12 @@ class CamReader:
     def check_matches(self, index: DatasetLike, ids: Iterable[str] = ()) -> None:
         """Refuse CAMs made for another data set or class list, or lacking any of ``ids``."""
         if self.meta.dataset != index.name or list(self.meta.classes) != list(index.classes):
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: CAM file was made for data set {self.meta.dataset!r} with classes "
                 f"{list(self.meta.classes)}, but the index is {index.name!r} with classes {index.classes}")
         missing = [i for i in ids if i not in self]
         if missing:
-            raise KeyError(f"{self.path}: {len(missing)} image id(s) missing from the CAM file "
+            raise MissingEntryError(f"{self.path}: {len(missing)} image id(s) missing from the CAM file "
                            f"(split {self.meta.split!r}), e.g. {missing[:5]}")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from stages.errors import InputError, MissingInputError
 from stages.io.atomic import atomic_path
 
 
@@ -25,11 +26,11 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
+        raise MissingInputError(f"{p}: checkpoint not found")
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def file_sha256(path: str | os.PathLike, length: int = 16) -> str:
@@ -46,4 +47,4 @@ def check_meta(path: str | os.PathLike, meta: dict[str, Any], expected: dict[str
     for key, want in expected.items():
         got = meta.get(key)
         if got != want:
-            raise ValueError(f"{path}: checkpoint was made with {key}={got!r}, this run needs {want!r}")
+            raise InputError(f"{path}: checkpoint was made with {key}={got!r}, this run needs {want!r}")

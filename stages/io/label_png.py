@@ -2,7 +2,7 @@
 
 Pixels are read as stored: an EXIF orientation tag in a PNG is ignored, as for images
 (``stages.data.images``), so a mask lines up with the raw pixels of its image. Files are named
-by image id, and an id that is not a plain name (``stages.data.ids``) is refused here too, the
+by image id, and an id that is not a plain name (``stages.io.ids``) is refused here too, the
 last place before a pseudo label or prediction is written.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.data.ids import check_id
+from stages.errors import InputError
 from stages.io.atomic import atomic_path
+from stages.io.ids import check_id
 
 IGNORE = 255
 
@@ -49,7 +50,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     """
     with Image.open(path) as im:
         if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
+            raise InputError(f"{path}: label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
         return np.array(im, dtype=np.uint8)
 
 

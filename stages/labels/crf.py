@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+from stages.errors import InputError
+
 _MIN_PROB = 1e-8
 
 
@@ -40,7 +42,7 @@ def crf_params_from(args: argparse.Namespace) -> CRFParams:
     """The ``CRFParams`` that ``add_crf_arguments``' flags hold; a missing one is named."""
     missing = [f.name for f in dataclasses.fields(CRFParams) if getattr(args, f.name) is None]
     if missing:
-        raise ValueError("dense CRF needs " + " ".join("--" + m.replace("_", "-") for m in missing))
+        raise InputError("dense CRF needs " + " ".join("--" + m.replace("_", "-") for m in missing))
     return CRFParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CRFParams)})
 
 

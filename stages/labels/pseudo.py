@@ -23,6 +23,7 @@ import numpy as np
 from stages.cams.threshold import to_class_ids, with_background
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.errors import InputError
 from stages.io.atomic import atomic_dir
 from stages.io.cam_store import CamEntry, CamReader
 from stages.io.label_png import IGNORE, write_label
@@ -87,7 +88,7 @@ def _make_one(task: tuple[str, str, str]) -> str:
     try:
         label = pseudo_label(image, entry, settings)
     except ValueError as exc:
-        raise ValueError(f"{reader.path}: {image_id!r} (image {image_path}): {exc}") from exc
+        raise InputError(f"{reader.path}: {image_id!r} (image {image_path}): {exc}") from exc
     write_label(out_path, label)
     return image_id
 

@@ -33,11 +33,12 @@ class TrainInputs:
     split: str
     pseudo_labels: Path | None = None
     cam_checkpoint: Path | None = None
+    scribbles: Path | None = None  # folder of <id>.png scribble maps (class on strokes, 255 elsewhere)
 
 
 # What a method may list in ``needs``, and the train_seg flag that provides each.
 NEEDS = {"pseudo_labels": "--pseudo-labels DIR", "cam_checkpoint": "--cam-checkpoint model.pt",
-         "scribbles": "an index with scribbles", "gt_masks": "an index with masks for the split"}
+         "scribbles": "--scribbles DIR", "gt_masks": "an index with masks for the split"}
 
 
 class Method(TrainHooks):

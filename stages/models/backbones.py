@@ -13,7 +13,8 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from stages.models import efficientnet_lite0
+from stages.errors import InputError, MissingInputError
+from stages.models import efficientnet_lite0, mit
 
 TESTED_BACKBONES = ("resnet18", "resnet50", "resnet101", "convnextv2_nano", "efficientnet_lite0")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -24,14 +25,17 @@ def create_backbone(name: str, weights: str = "none") -> nn.Module:
     """A timm features_only model returning every stage's feature map.
 
     Callers read ``.feature_info.channels()`` / ``.reduction()`` instead of hard-coding widths.
+    SegFormer's MiT (``mit_b0``, ``mit_b1``, ``*_s16``), which timm lacks, comes from mit.py.
     """
+    if name in mit.MIT_NAMES:
+        return mit.create_mit(name, weights)
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone {name!r}: not a timm model (tested: {', '.join(TESTED_BACKBONES)})")
+        raise InputError(f"unknown backbone {name!r}: not a timm model (tested: {', '.join(TESTED_BACKBONES)})")
     if weights == "none":
         return timm.create_model(name, features_only=True, pretrained=False)
     if weights == EFFICIENTNET_LITE0_IMAGENET:
         if name != efficientnet_lite0.TIMM_NAME:
-            raise ValueError(f"weights {weights!r} exist only for backbone {efficientnet_lite0.TIMM_NAME!r}, "
+            raise InputError(f"weights {weights!r} exist only for backbone {efficientnet_lite0.TIMM_NAME!r}, "
                              f"not for backbone {name!r}")
         model = timm.create_model(name, features_only=True, pretrained=False)
         efficientnet_lite0.load_into_features(model)
@@ -41,12 +45,12 @@ def create_backbone(name: str, weights: str = "none") -> nn.Module:
 
 def _from_file(name: str, path: Path) -> nn.Module:
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {path} not found (weights must be 'none', "
+        raise MissingInputError(f"backbone weights file {path} not found (weights must be 'none', "
                                 f"{EFFICIENTNET_LITE0_IMAGENET!r} or an existing {'/'.join(WEIGHT_SUFFIXES)} file)")
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"backbone weights file {path}: expected a {'/'.join(WEIGHT_SUFFIXES)} file")
+        raise InputError(f"backbone weights file {path}: expected a {'/'.join(WEIGHT_SUFFIXES)} file")
     try:
         return timm.create_model(name, features_only=True, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(path)))
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise ValueError(f"backbone weights file {path} does not fit backbone {name!r}: {exc}") from exc
+        raise InputError(f"backbone weights file {path} does not fit backbone {name!r}: {exc}") from exc

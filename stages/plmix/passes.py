@@ -21,6 +21,7 @@ from stages.cams.multiscale import write_cams
 from stages.cams.threshold import sweep_thresholds
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.errors import InputError
 from stages.io.cam_store import CamEntry
 from stages.io.label_png import read_label, write_label
 from stages.labels.crf import CRFParams
@@ -45,7 +46,7 @@ def _label_task(task: tuple[str, np.ndarray, np.ndarray, PseudoLabelSettings, st
     image_path, cams, class_indices, settings, out_path = task
     image = load_rgb(image_path)
     if image.shape[:2] != cams.shape[1:]:
-        raise ValueError(f"{image_path}: image {image.shape[:2]} but CAMs {cams.shape[1:]}")
+        raise InputError(f"{image_path}: image {image.shape[:2]} but CAMs {cams.shape[1:]}")
     write_label(out_path, pseudo_label(image, CamEntry(cams, class_indices), settings))
 
 
@@ -115,7 +116,7 @@ class _SweepSink:
         mask_path = self.index.mask_path(image_id, self.split)
         gt = read_label(mask_path)
         if gt.shape != cams.shape[1:]:
-            raise ValueError(f"{mask_path}: mask {gt.shape} but CAMs of {image_id!r} {cams.shape[1:]}")
+            raise InputError(f"{mask_path}: mask {gt.shape} but CAMs of {image_id!r} {cams.shape[1:]}")
         for total, one in zip(self.matrices, sweep_thresholds([(gt, cams, class_indices)],
                                                                self.thresholds, self.index.num_classes)):
             total.merge(one)

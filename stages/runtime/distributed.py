@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from stages.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -39,7 +41,7 @@ def pick_device(local_rank: int = 0, requested: str = "auto") -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
+        raise InputError(f"device {requested!r} requested but CUDA is not available")
     return torch.device("cuda", local_rank)
 
 

@@ -5,6 +5,8 @@ from typing import Iterable
 
 import torch
 
+from stages.errors import InputError
+
 
 def build_optimizer(name: str, param_groups: Iterable[dict], lr: float, weight_decay: float,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
@@ -18,7 +20,7 @@ def build_optimizer(name: str, param_groups: Iterable[dict], lr: float, weight_d
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r} (use sgd or adamw)")
+    raise InputError(f"unknown optimizer {name!r} (use sgd or adamw)")
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int,

@@ -13,6 +13,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from stages.errors import InputError
+
 # Settings that change how a run is carried out, not what it computes: resuming across a change
 # of these is safe, so they stay out of the checkpoint meta.
 OPERATIONAL = frozenset({"checkpoint_every", "num_workers", "on_nonfinite", "max_skipped"})
@@ -43,7 +45,7 @@ class TrainSettings:
         if self.effective_batch_size is None:
             return 1
         if self.effective_batch_size % per_step:
-            raise ValueError(
+            raise InputError(
                 f"train.effective_batch_size {self.effective_batch_size} is not a multiple of "
                 f"train.batch_size {self.batch_size} x {world_size} process(es); change either key")
         return self.effective_batch_size // per_step

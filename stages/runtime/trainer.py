@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from stages.errors import InputError
 from stages.io.atomic import atomic_path
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.runtime.distributed import DistContext, autocast
@@ -72,7 +73,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 def steps_per_epoch(n: int, batch_size: int, world: int, accumulation: int = 1) -> int:
     spe = n // (batch_size * world * accumulation)
     if spe == 0:
-        raise ValueError(f"{n} training images cannot fill one step of train.batch_size {batch_size} x "
+        raise InputError(f"{n} training images cannot fill one step of train.batch_size {batch_size} x "
                          f"{world} process(es) x {accumulation} accumulated micro-batch(es); lower "
                          f"train.batch_size (or train.effective_batch_size) in the config")
     return spe
@@ -174,7 +175,7 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
         model.to(memory_format=torch.channels_last)
     accumulation = settings.accumulation(ctx.world_size)
     if accumulation > 1 and hooks.manual_optimization:
-        raise ValueError(f"{type(hooks).__name__} runs its own optimiser steps and cannot accumulate "
+        raise InputError(f"{type(hooks).__name__} runs its own optimiser steps and cannot accumulate "
                          f"gradients: leave train.effective_batch_size unset")
     optimizations = hooks.configure_optimizers(model, settings)
     meta = {**meta, "checkpoint_format": CHECKPOINT_FORMAT}

@@ -4,6 +4,15 @@ rule train_cam:
     output:
         model=CAM_MODEL,
         metrics="results/cam/train_metrics.csv",
+    log:
+        "results/logs/train_cam.log",
+    benchmark:
+        "results/benchmarks/train_cam.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
     params:
         # Not an output, so that it survives a killed or failed job and the re-run resumes.
         checkpoint="results/cam/checkpoint.pt",
@@ -12,15 +21,6 @@ rule train_cam:
         pooling=config["cam"]["pooling"],
         train=cli(config["cam"]["train"]),
         device=config["device"],
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,
-    log:
-        "results/logs/train_cam.log",
-    benchmark:
-        "results/benchmarks/train_cam.tsv"
     shell:
         LAUNCH + " stages.train_cam --index {input.index} --split train_aug"
         " --backbone {params.backbone} --weights {params.weights} --pooling {params.pooling}"
@@ -35,38 +35,46 @@ rule infer_cam:
         model="results/{cam_run}/model.pt",
     output:
         "results/{cam_run}/cams_{split}.h5",
-    params:
-        scales=cli({"scales": config["cam"]["infer"]["scales"], "flip": config["cam"]["infer"]["flip"]}),
-        device=config["device"],
+    log:
+        "results/logs/infer_cam/{cam_run}/{split}.log",
+    benchmark:
+        "results/benchmarks/infer_cam-{cam_run}-{split}.tsv"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=120,
-    log:
-        "results/logs/infer_cam/{cam_run}/{split}.log",
-    benchmark:
-        "results/benchmarks/infer_cam-{cam_run}-{split}.tsv"
+    params:
+        scales=cli(
+            {
+                "scales": config["cam"]["infer"]["scales"],
+                "flip": config["cam"]["infer"]["flip"],
+            }
+        ),
+        device=config["device"],
     shell:
         LAUNCH + " stages.infer_cam --index {input.index} --checkpoint {input.model}"
         " --split {wildcards.split} {params.scales} --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule eval_cam:
+    # Every CAM file pseudo labels are made from gets its own sweep: the raw CAMs ("cam") and each
+    # refinement's ("refine/<name>"); each pseudo-label job cuts at its own file's best threshold.
     input:
         index=INDEX,
-        cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
+        cams=f"results/{{cam_run}}/cams_{config['cam']['infer']['split']}.h5",
     output:
-        sweep="results/cam/eval/sweep.csv",
-        per_class="results/cam/eval/per_class.csv",
-        best="results/cam/eval/best.json",
+        sweep="results/{cam_run}/eval/sweep.csv",
+        per_class="results/{cam_run}/eval/per_class.csv",
+        best="results/{cam_run}/eval/best.json",
+    log:
+        "results/logs/eval_cam/{cam_run}.log",
     params:
         split=config["cam"]["eval"]["split"],
         sweep=cli(config["cam"]["eval"], exclude=("split",)),
-    log:
-        "results/logs/eval_cam.log",
     shell:
-        PYTHON + " stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
+        PYTHON
+        + " stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
         " {params.sweep} --out-sweep {output.sweep} --out-per-class {output.per_class}"
         " --out-best {output.best} > {log} 2>&1"
 
@@ -83,10 +91,11 @@ rule cam_panels:
             caption="../report/cam_panels.rst",
             category="CAMs and pseudo labels",
         ),
-    params:
-        ids=lambda wildcards, input: " ".join(panel_ids(input.index)),
     log:
         "results/logs/cam_panels.log",
+    params:
+        ids=lambda wildcards, input: " ".join(panel_ids(input.index)),
     shell:
-        PYTHON + " stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
+        PYTHON
+        + " stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
         " --ids {params.ids} --out-dir {output} > {log} 2>&1"

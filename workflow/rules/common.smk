@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: validation, config lookups, input functions, wildcards.
+# Helpers shared by the rule files -- validation, config lookups, input functions, wildcards.
 import copy
 import json
 import os
@@ -10,7 +10,9 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-CONFIG_SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+CONFIG_SCHEMA = os.path.join(
+    workflow.basedir, "workflow", "schemas", "config.schema.yaml"
+)
 
 
 def config_errors(cfg, schema_path):
@@ -20,7 +22,9 @@ def config_errors(cfg, schema_path):
     validator = jsonschema.Draft202012Validator(schema)
     return [
         f"{'.'.join(str(p) for p in err.absolute_path) or '<top level>'}: {err.message}"
-        for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+        for err in sorted(
+            validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))
+        )
     ]
 
 
@@ -29,7 +33,10 @@ if _errors:
     raise ValueError("invalid configuration:\n  " + "\n  ".join(_errors))
 # A variant's `seg` block overrides only the keys it states: taken before `validate` fills the
 # schema's defaults into it, which would otherwise override the top-level `seg` with defaults.
-_VARIANT_SEG = {name: copy.deepcopy(v.get("seg", {})) for name, v in config.get("variants", {}).items()}
+_VARIANT_SEG = {
+    name: copy.deepcopy(v.get("seg", {}))
+    for name, v in config.get("variants", {}).items()
+}
 validate(config, CONFIG_SCHEMA)  # fills in the schema's defaults
 
 # Stage modules are run as `python -m stages.<name>` from any working directory.
@@ -37,6 +44,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# Passed on to jobs that run elsewhere (a cluster node), as they are set here.
+envvars:
+    "PYTHONPATH",
+    "HF_HUB_OFFLINE",
+
 
 INDEX_RAW = "results/dataset/index.json"
 INDEX = "results/dataset/index.checked.json"
@@ -88,8 +102,10 @@ LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
 def check_dataset_source():
     """A data set folder that is not there is refused before any job runs, naming the key."""
     kind = config["dataset"]["kind"]
-    key, path = {"folder": ("path", config["dataset"]["folder"]["path"]),
-                 "voc": ("devkit", config["dataset"]["voc"]["devkit"])}.get(kind, (None, None))
+    key, path = {
+        "folder": ("path", config["dataset"]["folder"]["path"]),
+        "voc": ("devkit", config["dataset"]["voc"]["devkit"]),
+    }.get(kind, (None, None))
     if path is not None and not os.path.isdir(path):
         raise ValueError(
             f"dataset.{kind}.{key}: {path!r} is not a directory (relative paths start at {os.getcwd()})"
@@ -118,6 +134,38 @@ def init_source(name):
     return "file", init
 
 
+def scribble_dir(source):
+    """The folder of a scribble source (`dataset`, `synthetic`, `pseudo:<refinement>`) for the
+    training split: what rules/scribbles.smk writes."""
+    split = config["cam"]["infer"]["split"]
+    kind, _, refinement = source.partition(":")
+    if kind == "pseudo":
+        return f"results/scribbles/pseudo/{refinement}/{split}"
+    return f"results/scribbles/{kind}/{split}"
+
+
+def check_scribble_source(name, source):
+    """A variant's `scribbles` must name something this config produces (the schema's pattern
+    already refused any other form, naming the key)."""
+    if source is None:
+        return
+    kind, _, refinement = source.partition(":")
+    if kind == "pseudo" and refinement not in REFINEMENTS:
+        raise ValueError(
+            f"variants.{name}.scribbles: {source!r} names no refinement (refinements: {sorted(REFINEMENTS)})"
+        )
+    folder = config["dataset"]["folder"]["path"]
+    if (
+        kind == "dataset"
+        and config["dataset"]["kind"] == "folder"
+        and not os.path.isdir(os.path.join(folder, "Scribbles"))
+    ):
+        raise ValueError(
+            f"variants.{name}.scribbles: dataset, but {folder!r} has no Scribbles/ folder; "
+            f"use synthetic or pseudo:<refinement>"
+        )
+
+
 def check_variants():
     """Whatever a variant reads must exist: refused before any job, naming the variant and key."""
     for name, variant in VARIANTS.items():
@@ -126,9 +174,12 @@ def check_variants():
             raise ValueError(
                 f"variants.{name}.pseudo_labels: {source!r} is not one of refinements {sorted(REFINEMENTS)}"
             )
+        check_scribble_source(name, variant.get("scribbles"))
         kind, value = init_source(name)
         if kind == "variant" and value not in VARIANTS:
-            raise ValueError(f"variants.{name}.seg.init: no variant {value!r} (variants: {sorted(VARIANTS)})")
+            raise ValueError(
+                f"variants.{name}.seg.init: no variant {value!r} (variants: {sorted(VARIANTS)})"
+            )
         if kind == "file" and not os.path.isfile(value):
             raise ValueError(
                 f"variants.{name}.seg.init: {value!r} is neither cam, none, variant:<name> nor an existing "
@@ -137,7 +188,9 @@ def check_variants():
         seen = [name]
         while kind == "variant":  # a chain of cold starts must end somewhere
             if value in seen:
-                raise ValueError(f"variants.{name}.seg.init: cold starts form a cycle {' -> '.join(seen + [value])}")
+                raise ValueError(
+                    f"variants.{name}.seg.init: cold starts form a cycle {' -> '.join(seen + [value])}"
+                )
             seen.append(value)
             kind, value = init_source(value)
 
@@ -152,24 +205,40 @@ wildcard_constraints:
     cam_run=r"cam|refine/[A-Za-z0-9_]+",
 
 
+def cam_run(refinement):
+    """The folder of a refinement's CAM network and CAM files: `none` is the raw CAM run."""
+    return (
+        "cam" if REFINEMENTS[refinement]["method"] == "none" else f"refine/{refinement}"
+    )
+
+
 def refined_cams(wildcards):
     """CAMs that pseudo labels of a refinement read: `none` reads the raw CAMs."""
-    if REFINEMENTS[wildcards.refinement]["method"] == "none":
-        return f"results/cam/cams_{wildcards.split}.h5"
-    return f"results/refine/{wildcards.refinement}/cams_{wildcards.split}.h5"
+    return f"results/{cam_run(wildcards.refinement)}/cams_{wildcards.split}.h5"
+
+
+def refined_best(wildcards):
+    """The best threshold of that same CAM file's own sweep."""
+    return f"results/{cam_run(wildcards.refinement)}/eval/best.json"
 
 
 # Keys of a variant that name its inputs or settings rather than the method's options.
-VARIANT_KEYS = ("method", "pseudo_labels", "seg")
+VARIANT_KEYS = ("method", "pseudo_labels", "scribbles", "seg")
 
 
 def train_seg_inputs(wildcards):
-    """A variant's inputs, from what it names: pseudo labels of a refinement, the model it starts from."""
+    """A variant's inputs, from what it names: pseudo labels of a refinement, scribbles, the model it
+    starts from."""
     name = wildcards.variant
     inputs = {"index": INDEX, "cam_model": CAM_MODEL}
     refinement = VARIANTS[name].get("pseudo_labels")
     if refinement is not None:
-        inputs["pseudo_labels"] = f"results/pseudo_labels/{refinement}/{config['cam']['infer']['split']}"
+        inputs["pseudo_labels"] = (
+            f"results/pseudo_labels/{refinement}/{config['cam']['infer']['split']}"
+        )
+    scribbles = VARIANTS[name].get("scribbles")
+    if scribbles is not None:
+        inputs["scribbles"] = scribble_dir(scribbles)
     kind, value = init_source(name)
     if kind == "variant":
         inputs["init_model"] = f"results/seg/{value}/model.pt"
@@ -183,6 +252,8 @@ def train_seg_flags(wildcards, input):
     flags = [f"--cam-checkpoint {input.cam_model}"]
     if "pseudo_labels" in input.keys():
         flags.append(f"--pseudo-labels {input.pseudo_labels}")
+    if "scribbles" in input.keys():
+        flags.append(f"--scribbles {input.scribbles}")
     kind, _ = init_source(wildcards.variant)
     if kind == "cam":
         flags.append(f"--init-from-cam {input.cam_model}")
@@ -192,7 +263,9 @@ def train_seg_flags(wildcards, input):
 
 
 def variant_options(wildcards):
-    options = {k: v for k, v in VARIANTS[wildcards.variant].items() if k not in VARIANT_KEYS}
+    options = {
+        k: v for k, v in VARIANTS[wildcards.variant].items() if k not in VARIANT_KEYS
+    }
     return shlex.quote(json.dumps(options, sort_keys=True))
 
 

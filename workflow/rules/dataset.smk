@@ -1,15 +1,16 @@
 rule prepare_dataset:
     output:
         INDEX_RAW,
-    params:
-        kind=config["dataset"]["kind"],
-        args=dataset_args(),
     log:
         "results/logs/prepare_dataset.log",
     benchmark:
         "results/benchmarks/prepare_dataset.tsv"
+    params:
+        kind=config["dataset"]["kind"],
+        args=dataset_args(),
     shell:
-        PYTHON + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
+        PYTHON
+        + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
 
 
 rule check_dataset:
@@ -17,13 +18,13 @@ rule check_dataset:
         INDEX_RAW,
     output:
         INDEX,
+    log:
+        "results/logs/check_dataset.log",
     params:
         policy=config["dataset"]["check"]["policy"],
         # Not an output: Snakemake deletes a failed job's outputs, and the report is most
         # useful exactly when the check fails.
         report="results/dataset/check_report.csv",
-    log:
-        "results/logs/check_dataset.log",
     shell:
         PYTHON + " stages.check_dataset --index {input} --policy {params.policy}"
         " --report {params.report} --out-index {output} > {log} 2>&1"

@@ -2,23 +2,24 @@ rule pseudo_labels:
     input:
         index=INDEX,
         cams=refined_cams,
-        best="results/cam/eval/best.json",
+        best=refined_best,
     output:
         directory("results/pseudo_labels/{refinement}/{split}"),
-    params:
-        threshold=config["pseudo_labels"]["threshold"],
-        options=cli(config["pseudo_labels"], exclude=("threshold", "crf")),
-        crf=cli(config["pseudo_labels"]["crf"]),
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=120,
     log:
         "results/logs/pseudo_labels/{refinement}-{split}.log",
     benchmark:
         "results/benchmarks/pseudo_labels-{refinement}-{split}.tsv"
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        threshold=config["pseudo_labels"]["threshold"],
+        options=cli(config["pseudo_labels"], exclude=("threshold", "crf")),
+        crf=cli(config["pseudo_labels"]["crf"]),
     shell:
-        PYTHON + " stages.pseudo_labels --index {input.index} --cams {input.cams} --split {wildcards.split}"
+        PYTHON
+        + " stages.pseudo_labels --index {input.index} --cams {input.cams} --split {wildcards.split}"
         " --threshold {params.threshold} --best {input.best} {params.options} {params.crf}"
         " --workers {threads} --out-dir {output} > {log} 2>&1"
 
@@ -30,10 +31,11 @@ rule eval_pseudo:
     output:
         summary="results/pseudo_labels/{refinement}/eval/summary.csv",
         per_class="results/pseudo_labels/{refinement}/eval/per_class.csv",
-    params:
-        split=config["cam"]["eval"]["split"],
     log:
         "results/logs/eval_pseudo/{refinement}.log",
+    params:
+        split=config["cam"]["eval"]["split"],
     shell:
-        PYTHON + " stages.eval_pseudo --index {input.index} --labels {input.labels} --split {params.split}"
+        PYTHON
+        + " stages.eval_pseudo --index {input.index} --labels {input.labels} --split {params.split}"
         " --out-summary {output.summary} --out-per-class {output.per_class} > {log} 2>&1"

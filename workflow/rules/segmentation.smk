@@ -12,6 +12,15 @@ rule train_seg:
             category="Methods",
             subcategory="{variant}",
         ),
+    log:
+        "results/logs/train_seg/{variant}.log",
+    benchmark:
+        "results/benchmarks/train_seg-{variant}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=480,
     params:
         # Not outputs: they survive a killed job, and the re-run resumes from them.
         checkpoint="results/seg/{variant}/checkpoint.pt",
@@ -20,18 +29,11 @@ rule train_seg:
         options=variant_options,
         inputs=train_seg_flags,
         split=config["cam"]["infer"]["split"],
-        model=lambda wildcards: cli(variant_seg(wildcards.variant), exclude=("train", "init")),
+        model=lambda wildcards: cli(
+            variant_seg(wildcards.variant), exclude=("train", "init")
+        ),
         train=lambda wildcards: cli(variant_seg(wildcards.variant)["train"]),
         device=config["device"],
-    threads: 4
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=480,
-    log:
-        "results/logs/train_seg/{variant}.log",
-    benchmark:
-        "results/benchmarks/train_seg-{variant}.tsv"
     shell:
         LAUNCH + " stages.train_seg --index {input.index} --split {params.split}"
         " --method {params.method} --method-options {params.options} {params.inputs}"
@@ -55,22 +57,23 @@ rule evaluate:
             category="Segmentation",
             subcategory="{variant}",
         ),
-    params:
-        split=config["evaluation"]["split"],
-        options=cli(config["evaluation"], exclude=("split", "crf_params")),
-        crf=cli(config["evaluation"]["crf_params"]),
-        device=config["device"],
+    log:
+        "results/logs/evaluate/{variant}.log",
+    benchmark:
+        "results/benchmarks/evaluate-{variant}.tsv"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=120,
-    log:
-        "results/logs/evaluate/{variant}.log",
-    benchmark:
-        "results/benchmarks/evaluate-{variant}.tsv"
+    params:
+        split=config["evaluation"]["split"],
+        options=cli(config["evaluation"], exclude=("split", "crf_params")),
+        crf=cli(config["evaluation"]["crf_params"]),
+        device=config["device"],
     shell:
-        PYTHON + " stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
+        PYTHON
+        + " stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
         " {params.options} {params.crf} --device {params.device} --out-metrics {output.metrics}"
         " --out-per-class {output.per_class} --out-predictions {output.predictions}"
         " --out-panels {output.panels} > {log} 2>&1"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import unicodedata
 from pathlib import PureWindowsPath
 
+from stages.errors import InputError
+
 RULE = "an id must be a plain file name: not empty, no / or \\, not starting with '.', no control characters"
 
 
@@ -40,5 +42,5 @@ def check_id(name: str, where: str) -> str:
     """
     problem = id_problem(name)
     if problem is not None:
-        raise ValueError(f"{where}: id {name!r} {problem}; {RULE}")
+        raise InputError(f"{where}: id {name!r} {problem}; {RULE}")
     return name

@@ -1,0 +1,96 @@
+"""What EIL shows the user: label precision and coverage per round, and label maps across rounds.
+
+Quality is measured against ground truth on the images of the ``train`` split (the field's
+pseudo-label split) that the method trains on. Ground truth is read for this report only; it
+never reaches training. Precision = labelled pixels that agree with GT / labelled pixels where GT
+is known; coverage = labelled pixels / pixels where GT is known (GT 255 pixels count in neither).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from stages.data.images import load_rgb
+from stages.data.index import DatasetIndex
+from stages.io.atomic import atomic_path
+from stages.io.label_png import IGNORE, colorize, read_label, write_label
+
+REPORT_SPLIT = "train"
+
+
+def report_ids(index: DatasetIndex, training_ids: list[str]) -> list[str]:
+    """Ids of the report split that the method trains on and that have a GT mask."""
+    if REPORT_SPLIT not in index.splits:
+        return []
+    training = set(training_ids)
+    return [i for i in index.ids(REPORT_SPLIT)
+            if i in training and index.mask_path(i, REPORT_SPLIT).is_file()]
+
+
+def label_quality(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Precision and coverage of label maps against GT, pooled over (label, gt) pairs."""
+    correct = labelled = known = 0
+    for label, gt in pairs:
+        valid = gt != IGNORE
+        mine = (label != IGNORE) & valid
+        correct += int((label[mine] == gt[mine]).sum())
+        labelled += int(mine.sum())
+        known += int(valid.sum())
+    return {"precision": correct / labelled if labelled else float("nan"),
+            "coverage": labelled / known if known else float("nan")}
+
+
+def quality_of(index: DatasetIndex, ids: list[str], label_of: Callable[[str], np.ndarray]) -> dict[str, float]:
+    return label_quality((label_of(i), read_label(index.mask_path(i, REPORT_SPLIT))) for i in ids)
+
+
+def write_table(rows: list[dict], out_dir: Path) -> None:
+    """rounds.csv and rounds.png: precision and coverage of the labels after each round."""
+    table = pd.DataFrame(rows)
+    with atomic_path(out_dir / "rounds.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    for column, style in (("precision", "o-"), ("coverage", "s--")):
+        if column in table:
+            ax.plot(table["round"], table[column], style, label=column)
+    ax.set_xlabel("round (0 = scribbles)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(table["round"])
+    ax.set_title(f"labels against GT ({REPORT_SPLIT} split)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_dir / "rounds.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def write_label_maps(index: DatasetIndex, ids: list[str], maps: list[Callable[[str], np.ndarray]],
+                     out_dir: Path) -> None:
+    """Each round's label map of a few images as palette PNGs (labels_round<r>_<id>.png), and
+    one panel: image, the map after each round (round 0 = scribbles), ground truth."""
+    if not ids:
+        return
+    columns = len(maps) + 2
+    fig = Figure(figsize=(1.8 * columns, 1.8 * len(ids)))
+    axes = fig.subplots(len(ids), columns, squeeze=False)
+    for row, image_id in enumerate(ids):
+        panels = [load_rgb(index.image_path(image_id))]
+        for r, label_of in enumerate(maps):
+            label = label_of(image_id)
+            write_label(out_dir / f"labels_round{r}_{image_id}.png", label)
+            panels.append(colorize(label))
+        panels.append(colorize(read_label(index.mask_path(image_id, REPORT_SPLIT))))
+        titles = ["image", "scribbles", *(f"round {r}" for r in range(1, len(maps))), "GT"]
+        for ax, panel, title in zip(axes[row], panels, titles):
+            ax.imshow(panel)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_dir / "rounds_labels.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

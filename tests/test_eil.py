@@ -1,0 +1,314 @@
+"""EIL and its scribble sources: ScribbleSup XML, synthetic and pseudo-label-derived strokes, the
+critic, label inference, the DDPG update and target networks, resuming a run killed during an
+exploration round, the config checks, and the method end to end in the tiny config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import snakemake, stage_argv, write_config
+from stages import train_seg
+from stages.data.index import VOC_CLASSES, DatasetIndex
+from stages.data.scribble_sources import StrokeSettings, write_scribble_source
+from stages.data.scribbles import erode, render_scribblesup_xml
+from stages.data.toy import generate_toy
+from stages.io.checkpoint import load_checkpoint
+from stages.io.label_png import IGNORE, read_label, write_label
+from stages.methods.eil.agent import PolicyAgent
+from stages.methods.eil.critic import class_fractions, critic_value
+from stages.methods.eil.explore import Explorer
+from stages.methods.eil.inference import class_thresholds, infer_labels
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> DatasetIndex:
+    root = tmp_path_factory.mktemp("eil")
+    index = generate_toy(root / "data", num_classes=3, num_train_aug=12, num_train=4, num_val=2,
+                         min_size=48, max_size=64, seed=0)
+    index.save(root / "index.json")
+    return index
+
+
+# -- scribble sources ------------------------------------------------------------------------------
+
+def test_scribblesup_xml_with_alias_tags_and_a_point_outside(tmp_path: Path) -> None:
+    xml = tmp_path / "2008_000001.xml"
+    xml.write_text(
+        "<annotation>"
+        "<polygon><tag>plane</tag><point><X>5</X><Y>5</Y></point><point><X>30</X><Y>5</Y></point></polygon>"
+        "<polygon><tag> TV </tag><point><X>10</X><Y>20</Y></point><point><X>90</X><Y>20</Y></point></polygon>"
+        "<polygon><tag>background</tag><point><X>2</X><Y>28</Y></point><point><X>20</X><Y>28</Y></point>"
+        "</polygon></annotation>")
+    classes = {name: i for i, name in enumerate(VOC_CLASSES)}
+    out = render_scribblesup_xml(xml, (32, 40), classes)
+    assert out.shape == (32, 40)
+    plane, tv = classes["aeroplane"], classes["tvmonitor"]
+    assert (out[5, 6:30] == plane).all()
+    assert (out[4:7, 15] == plane).all() and out[3, 15] == IGNORE and out[7, 15] == IGNORE  # 3 px wide
+    assert (out[20, 11:40] == tv).all()  # drawn up to the border, the point beyond it clipped
+    assert (out[28, 3:20] == 0).all()
+    assert set(np.unique(out)) == {0, plane, tv, IGNORE}
+    assert (out != IGNORE).mean() < 0.25
+
+
+def test_synthetic_scribbles_lie_inside_their_objects(toy: DatasetIndex, tmp_path: Path) -> None:
+    counts = write_scribble_source(toy, "train_aug", "synthetic", tmp_path / "a")
+    assert counts["images"] == 12 and counts["without_strokes"] == 0
+    assert 0.005 < counts["labelled_fraction"] < 0.15
+    for image_id in toy.ids("train_aug"):
+        mask = read_label(toy.mask_path(image_id, "train_aug"))
+        scribble = read_label(tmp_path / "a" / f"{image_id}.png")
+        strokes = scribble != IGNORE
+        assert (scribble[strokes] == mask[strokes]).all(), image_id  # never on the 255 band either
+        assert set(np.unique(scribble[strokes])) == {0, *toy.labels[image_id]}, image_id
+    write_scribble_source(toy, "train_aug", "synthetic", tmp_path / "b")
+    assert all((tmp_path / "a" / p.name).read_bytes() == p.read_bytes() for p in (tmp_path / "b").iterdir())
+
+
+def test_pseudo_scribbles_lie_inside_confident_cores(toy: DatasetIndex, tmp_path: Path) -> None:
+    pseudo = tmp_path / "pseudo"
+    rng = np.random.default_rng(0)
+    for image_id in toy.ids("train_aug"):
+        label = read_label(toy.mask_path(image_id, "train_aug"))
+        h, w = label.shape
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        label[y:y + h // 3, x:x + w // 3] = IGNORE  # an unsure block, as an ignore band leaves
+        write_label(pseudo / f"{image_id}.png", label)
+    write_scribble_source(toy, "train_aug", "pseudo", tmp_path / "s", pseudo, StrokeSettings(min_area=1))
+    drawn = 0
+    for image_id in toy.ids("train_aug"):
+        label = read_label(pseudo / f"{image_id}.png")
+        scribble = read_label(tmp_path / "s" / f"{image_id}.png")
+        for cls in np.unique(scribble[scribble != IGNORE]):
+            core = erode(label == cls, 2)
+            assert ((scribble == cls) <= core).all(), (image_id, cls)
+            drawn += 1
+    assert drawn >= 2 * 12  # background and at least one object per image
+
+
+def test_dataset_scribbles_are_the_data_sets_own(toy: DatasetIndex, tmp_path: Path) -> None:
+    first, second = toy.ids("train_aug")[:2]
+    own = toy.scribble_path(second)
+    kept = own.read_bytes()
+    own.unlink()
+    try:
+        write_scribble_source(toy, "train_aug", "dataset", tmp_path / "d")
+    finally:
+        own.write_bytes(kept)
+    assert (read_label(tmp_path / "d" / f"{first}.png") == read_label(toy.scribble_path(first))).all()
+    assert (read_label(tmp_path / "d" / f"{second}.png") == IGNORE).all()  # no file: nothing labelled
+
+
+# -- critic and label inference --------------------------------------------------------------------
+
+def test_critic_scores_separated_classes_above_mixed() -> None:
+    label = torch.full((8, 8), IGNORE)
+    label[:, :3] = 0
+    label[:, 5:] = 1
+    fractions = class_fractions(label, 3, (4, 4))
+    assert torch.equal(fractions.sum((1, 2)), torch.tensor([24.0, 24.0, 0.0]) / 4)  # 24 px, cells of 4 px
+    features = torch.zeros(2, 4, 4)
+    features[0, :, :2], features[1, :, 2:] = 1.0, 1.0  # each class's cells on their own axis
+    separated = critic_value(features, fractions)
+    assert separated > 0.99  # softmax(-10 * (0, 1)) at the own class
+    mixed = critic_value(torch.ones(2, 4, 4), fractions)
+    assert torch.isclose(mixed, torch.tensor(0.5))  # every centre alike: a coin toss
+    noisy = features + 0.6 * torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(0)).abs()
+    assert mixed < critic_value(noisy, fractions) < separated
+    assert critic_value(features, torch.zeros(3, 4, 4)) == 0
+
+
+def _distance_to(labelled: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(labelled)
+    yy, xx = np.mgrid[:labelled.shape[0], :labelled.shape[1]]
+    return np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
+
+
+def test_label_inference_respects_radius_thresholds_and_classes() -> None:
+    label = np.full((21, 21), IGNORE, np.uint8)
+    label[10, 10] = 1
+    label[0, 0] = 0
+    probs = np.zeros((3, 21, 21))
+    probs[0], probs[1], probs[2] = 0.2, 0.7, 0.1
+    probs[:, :, 15:] = np.array([0.05, 0.05, 0.9])[:, None, None]  # class 2, not in the map
+    two = class_thresholds(np.array([0.5, 0.9]), "two", 3)  # (tau_o, tau_g)
+    assert two.tolist() == [0.9, 0.5, 0.5]
+    out = infer_labels(label, probs, two, radius=4)
+    near = _distance_to(label != IGNORE) <= 4
+    expected = np.where(near, 1, IGNORE).astype(np.uint8)
+    expected[:, 15:] = IGNORE  # class 2 is in no stroke: the argmax is background, 0.05 < tau_g
+    expected[10, 10], expected[0, 0] = 1, 0  # labelled pixels never change
+    assert (out == expected).all()
+    assert (infer_labels(label, probs, class_thresholds(np.array([0.75, 0.9]), "two", 3), 4) == label).all()
+    free = infer_labels(label, probs, class_thresholds(np.array([0.5]), "one", 3), 8, restrict_classes=False)
+    assert (free[:, 15:][_distance_to(label != IGNORE)[:, 15:] <= 8] == 2).all()
+    assert (free[_distance_to(label != IGNORE) > 8] == IGNORE).all()
+    per_class = class_thresholds(np.array([0.9, 0.6, 0.95]), "per_class", 3)
+    own = infer_labels(label, probs, per_class, 8, restrict_classes=False)
+    grown = near & (label == IGNORE)
+    assert (own[:, :15][grown[:, :15]] == 1).all() and (own[:, 15:] == IGNORE).all()  # 0.7 > 0.6, 0.9 < 0.95
+
+
+# -- the exploratory operators ---------------------------------------------------------------------
+
+def _agent(rate: float = 0.1) -> tuple[PolicyAgent, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    agent = PolicyAgent(in_channels=5, action_dim=2, width=8, blocks=1, lr=0.01, gamma=0.9, target_rate=rate)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(4, 5, 6, 6, generator=g), torch.rand(4, 2, generator=g),
+             torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.randn(4, 5, 6, 6, generator=g))
+    return agent, batch
+
+
+def test_searcher_outputs_thresholds() -> None:
+    agent, (state, *_) = _agent()
+    action = agent.searcher(state)
+    assert action.shape == (4, 2) and bool(((action > 0) & (action < 1)).all())
+
+
+def test_one_ddpg_update_moves_q_toward_its_target() -> None:
+    agent, (state, action, reward, next_state) = _agent()
+    with torch.no_grad():
+        target = reward + 0.9 * agent.target_assessor(next_state, agent.target_searcher(next_state))
+    assert torch.equal(agent.bellman_target(reward, next_state), target)
+    def error() -> float:
+        with torch.no_grad():
+            return float(((agent.assessor(state, action) - target) ** 2).mean())
+
+    before = error()
+    terms = agent.ddpg_update(state, action, reward, next_state)
+    after = error()
+    assert terms["assessor_loss"] == pytest.approx(before, rel=1e-5)
+    assert after < before
+    q_before = agent.assessor(state, agent.searcher(state)).mean()
+    agent.ddpg_update(state, action, reward, next_state)
+    assert agent.assessor(state, agent.searcher(state)).mean() != q_before  # the searcher moved too
+
+
+def test_target_networks_track_at_the_configured_rate() -> None:
+    agent, batch = _agent(rate=0.25)
+    old = {name: p.detach().clone() for name, p in agent.named_parameters() if name.startswith("target_")}
+    agent.ddpg_update(*batch)
+    live = dict(agent.named_parameters())
+    for name, before in old.items():
+        source = live[name.removeprefix("target_")]
+        assert torch.allclose(live[name], before + 0.25 * (source - before), atol=1e-6), name
+    assert any(not torch.equal(live[name], before) for name, before in old.items())
+    agent.ddpg_update(*batch, next_action=torch.rand(4, 2), train_searcher=False)  # a random policy
+    frozen = {n: p.detach().clone() for n, p in agent.named_parameters() if n.startswith("target_searcher")}
+    agent.ddpg_update(*batch, next_action=torch.rand(4, 2), train_searcher=False)
+    assert all(torch.equal(live[n], p) for n, p in frozen.items())
+
+
+# -- the method in train_seg -----------------------------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+def _train(toy: DatasetIndex, scribbles: Path, out: Path, **options) -> None:
+    options = {"pretrain_steps": 2, "explore_every": 2, "radii": [8, 16], "policy_updates": 2,
+               "policy_batch": 3, "policy_width": 8, "state_grid": 8, "show_images": 2, **options}
+    argv = stage_argv({
+        "index": toy.root.parent / "index.json", "split": "train_aug", "method": "eil",
+        "method_options": json.dumps(options), "scribbles": scribbles, "backbone": "resnet10t", "weights": "none",
+        "decoder": "mlp", "out": out / "model.pt", "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv",
+        "state_dir": out / "state", "outputs": out / "outputs", "crop_size": 40, "scale_range": [0.8, 1.2],
+        "color_jitter": 0.2, "batch_size": 2, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
+        "weight_decay": 0.0, "checkpoint_every": 100, "seed": 0, "num_workers": 0, "on_nonfinite": "stop",
+        "max_skipped": 10, "device": "cpu"})
+    train_seg.main(argv)
+
+
+def test_a_kill_during_exploration_resumes_at_that_round(toy, tmp_path, monkeypatch, capsys) -> None:
+    scribbles = tmp_path / "scribbles"
+    write_scribble_source(toy, "train_aug", "synthetic", scribbles)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _train(toy, scribbles, whole)
+    rounds = pd.read_csv(whole / "outputs" / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1, 2] and rounds["step"].tolist() == [0, 2, 4]
+    assert rounds["radius"].tolist()[1:] == [8, 16]
+    assert (whole / "outputs" / "rounds.png").is_file() and (whole / "outputs" / "rounds_labels.png").is_file()
+    assert len(list((whole / "outputs").glob("labels_round2_*.png"))) == 2
+
+    relabel = Explorer.relabel
+
+    def dies_in_round_two(self, ids, image, label, write):
+        if self.s.radius == 16:
+            write(ids[0], label(ids[0]))  # a half-written round
+            raise Killed
+        return relabel(self, ids, image, label, write)
+
+    monkeypatch.setattr(Explorer, "relabel", dies_in_round_two)
+    with pytest.raises(Killed):
+        _train(toy, scribbles, killed)
+    state = load_checkpoint(killed / "ckpt.pt")
+    assert state["step"] == 2 and state["hooks"]["rounds_done"] == 1  # the checkpoint before round 2
+    assert not [p.name for p in (killed / "state" / "round2").iterdir()]  # nothing of round 2 looks complete
+    monkeypatch.setattr(Explorer, "relabel", relabel)
+    capsys.readouterr()
+    _train(toy, scribbles, killed)
+    assert "resuming from" in capsys.readouterr().err
+    a, b = load_checkpoint(whole / "model.pt")["model"], load_checkpoint(killed / "model.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert pd.read_csv(killed / "outputs" / "rounds.csv").equals(rounds)
+    for r in (1, 2):
+        for png in sorted((whole / "state" / f"round{r}" / "labels").iterdir()):
+            assert (read_label(png) == read_label(killed / "state" / f"round{r}" / "labels" / png.name)).all()
+
+
+def test_scribbles_only_trains_without_rounds(toy, tmp_path) -> None:
+    scribbles = tmp_path / "scribbles"
+    write_scribble_source(toy, "train_aug", "synthetic", scribbles)
+    _train(toy, scribbles, tmp_path / "none", policy="none")
+    rounds = pd.read_csv(tmp_path / "none" / "outputs" / "rounds.csv")
+    assert rounds["round"].tolist() == [0] and rounds["precision"].iloc[0] == 1.0  # synthetic strokes are exact
+    assert not list((tmp_path / "none" / "state").glob("round*"))
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def _train_seg_command(out: str, variant: str) -> str:
+    return next(line for line in out.splitlines() if f"--out results/seg/{variant}/" in line)
+
+
+def test_scribble_sources_become_rules_and_flags(tmp_path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", variants={
+        "eil_p": {"method": "eil", "scribbles": "pseudo:plmix", "policy": "random"}})
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/seg/eil/model.pt", "results/seg/eil_p/model.pt",
+                    config=cfg).stdout
+    assert "--scribbles results/scribbles/synthetic/train_aug" in _train_seg_command(out, "eil")
+    assert "--scribbles results/scribbles/pseudo/plmix/train_aug" in _train_seg_command(out, "eil_p")
+    assert "--source pseudo --pseudo-labels results/pseudo_labels/plmix/train_aug" in out
+    assert "rule scribbles:" in out and "rule scribbles_pseudo:" in out
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"method": "eil", "scribbles": "pseudo:nope"}, "variants.bad.scribbles: 'pseudo:nope' names no refinement"),
+    ({"method": "eil", "scribbles": "drawn"}, "'drawn' does not match"),
+    ({"method": "eil"}, "'scribbles' is a required property"),
+    ({"method": "eil", "scribbles": "synthetic", "policy": "greedy"}, "'greedy' is not one of"),
+])
+def test_bad_eil_variants_are_named(tmp_path, variant, message) -> None:
+    cfg = write_config(tmp_path / "config.yaml", variants={"bad": variant})
+    proc = snakemake(tmp_path, "-n", "--cores", "1", config=cfg, check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert "bad" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_eil_end_to_end_in_the_tiny_config(tiny_run) -> None:
+    workdir, _ = tiny_run
+    metrics = pd.read_csv(workdir / "results" / "eval" / "eil" / "metrics.csv")
+    assert metrics.notna().all().all()
+    outputs = workdir / "results" / "seg" / "eil" / "outputs"
+    rounds = pd.read_csv(outputs / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1] and rounds["radius"].iloc[1] == 15
+    assert {"precision", "coverage", "adopted", "reward", "assessor_loss", "searcher_loss"} <= set(rounds)
+    assert (outputs / "rounds_labels.png").is_file() and len(list(outputs.glob("labels_round1_*.png"))) == 2
+    assert "eil" in (workdir / "results" / "summary" / "summary.md").read_text()

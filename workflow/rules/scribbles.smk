@@ -1,0 +1,39 @@
+# Scribble sources for scribble-supervised variants (`scribbles:` of a variant): PNGs of the
+# training split, class on strokes and 255 elsewhere.
+
+
+rule scribbles:
+    input:
+        index=INDEX,
+    output:
+        directory("results/scribbles/{source}/{split}"),
+    log:
+        "results/logs/scribbles/{source}-{split}.log",
+    benchmark:
+        "results/benchmarks/scribbles-{source}-{split}.tsv"
+    wildcard_constraints:
+        source="dataset|synthetic",
+    params:
+        strokes=cli(config["scribbles"]),
+    shell:
+        PYTHON
+        + " stages.scribbles --index {input.index} --split {wildcards.split} --source {wildcards.source}"
+        " {params.strokes} --out-dir {output} > {log} 2>&1"
+
+
+rule scribbles_pseudo:
+    input:
+        index=INDEX,
+        labels="results/pseudo_labels/{refinement}/{split}",
+    output:
+        directory("results/scribbles/pseudo/{refinement}/{split}"),
+    log:
+        "results/logs/scribbles/pseudo-{refinement}-{split}.log",
+    benchmark:
+        "results/benchmarks/scribbles-pseudo-{refinement}-{split}.tsv"
+    params:
+        strokes=cli(config["scribbles"]),
+    shell:
+        PYTHON
+        + " stages.scribbles --index {input.index} --split {wildcards.split} --source pseudo"
+        " --pseudo-labels {input.labels} {params.strokes} --out-dir {output} > {log} 2>&1"
