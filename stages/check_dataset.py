@@ -15,7 +15,7 @@ import sys
 
 from stages.data.checks import ERROR, check_index, drop_images, summarize, write_report
 from stages.data.index import DatasetIndex
-from stages.errors import run_stage
+from stages.errors import InputError, run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> None:
               f"full list: {args.report}", file=sys.stderr)
     problems = [p for p in report if p.severity == ERROR]
     if problems and args.policy == "stop":
-        raise SystemExit(f"{len(problems)} problem(s) in data set {index.name!r} ({args.index}):\n"
-                         f"{summarize(problems)}\nfull list: {args.report}")
+        raise InputError(f"{len(problems)} problem(s) in data set {index.name!r} ({args.index}); fix the "
+                         f"files or set dataset.check.policy: skip; full list: {args.report}\n"
+                         f"{summarize(problems)}")
     bad = {p.id for p in problems if p.id}
     checked = drop_images(index, bad)
     empty = [split for split, ids in checked.splits.items() if not ids]
     if empty:
-        raise SystemExit(f"data set {index.name!r}: split(s) {empty} empty after dropping "
+        raise InputError(f"data set {index.name!r}: split(s) {empty} empty after dropping "
                          f"{len(bad)} bad image(s); see {args.report}")
     checked.save(args.out_index)
     if bad:

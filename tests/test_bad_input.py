@@ -242,8 +242,8 @@ def pipeline(tmp_path_factory) -> Pipeline:
 
 
 def test_stop_fails_and_points_to_the_full_report(pipeline: Pipeline) -> None:
-    assert pipeline.stop.returncode == 1
-    assert f"{len(pipeline.report)} problem(s) in data set" in pipeline.stop.stderr
+    assert pipeline.stop.returncode == 2
+    assert f"check_dataset: error: {len(pipeline.report)} problem(s) in data set" in pipeline.stop.stderr
     assert "full list: " in pipeline.stop.stderr and "check_report.csv" in pipeline.stop.stderr
 
 
@@ -315,8 +315,9 @@ def stage_error(name: str, argv: list[object]) -> str:
     lines = stderr.getvalue().splitlines()
     assert info.value.code == 2, f"stages.{name}: not reported as bad input:\n{stderr.getvalue()[-3000:]}"
     assert "Traceback" not in stderr.getvalue()
-    assert lines[-2].startswith(f"{name}: error: ") and lines[-1] == f"({errors.DEBUG_VARIABLE}=1 shows the traceback)"
-    return lines[-2]
+    first = next(i for i, line in enumerate(lines) if line.startswith(f"{name}: error: "))  # after progress bars
+    assert lines[-1] == f"({errors.DEBUG_VARIABLE}=1 shows the traceback)"
+    return "\n".join(lines[first:-1])
 
 
 @dataclass
@@ -549,7 +550,7 @@ SCHEMA_CASES = {
     "unknown_key": "cam.train: Additional properties are not allowed ('stpes' was unexpected)",
     "unknown_section": "<top level>: Additional properties are not allowed ('segmenter' was unexpected)",
     "wrong_type": "seg.train.batch_size: 'eight' is not of type 'integer'",
-    "bad_enum": "seg.decoder: 'unet' is not one of ['aspp', 'mlp']",
+    "bad_enum": "seg.decoder: 'unet' is not one of ['aspp', 'mlp', 'sfpnext']",
     "bad_dataset_kind": "dataset.kind: 'imagenet' is not one of",
     "threshold_out_of_range": "pseudo_labels.threshold: 1.5 is not valid",
     "negative_ignore_band": "pseudo_labels.ignore_band: -0.1 is less than the minimum of 0",
@@ -564,7 +565,7 @@ SCHEMA_CASES = {
 # Mistakes the workflow finds after the schema passes: one run each, since the first one stops it.
 WORKFLOW_MISTAKES = {
     "unknown_method": (dict(variants={"mine": {"method": "magic", "pseudo_labels": "none"}}),
-                       "variants.mine.method: 'magic' is not one of ['ce']"),
+                       "variants.mine.method: 'magic' is not one of ['ce', "),
     "variant_reads_missing_refinement": (dict(variants={"ce2": {"method": "ce", "pseudo_labels": "other"}}),
                                          "variants.ce2.pseudo_labels: 'other' is not one of refinements"),
     "variant_without_pseudo_labels": (dict(variants={"ce2": {"method": "ce"}}),

@@ -16,6 +16,7 @@ from stages.data.checks import check_index, drop_images
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
+from stages.errors import InputError
 from stages.io.label_png import read_label, write_label
 
 
@@ -75,9 +76,9 @@ def test_clean_set_gives_header_only_report_and_same_index(toy: DatasetIndex, tm
 def test_every_problem_is_reported_and_stop_fails(toy: DatasetIndex, tmp_path: Path) -> None:
     expected = _corrupt(toy)
     toy.splits["extra"] = []
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(InputError) as exc:
         _run(toy, tmp_path, "stop")
-    message = str(exc.value.code)
+    message = str(exc.value)
     assert "report.csv" in message and "problem(s)" in message
     assert not (tmp_path / "out.json").exists()
     rows = _report(tmp_path)
@@ -109,7 +110,7 @@ def test_skip_drops_bad_images_from_every_split(toy: DatasetIndex, tmp_path: Pat
 def test_skip_that_empties_a_split_still_stops(toy: DatasetIndex, tmp_path: Path) -> None:
     for image_id in toy.splits["val"]:
         toy.mask_path(image_id, "val").unlink()
-    with pytest.raises(SystemExit, match="val"):
+    with pytest.raises(InputError, match="val"):
         _run(toy, tmp_path, "skip")
     assert not (tmp_path / "out.json").exists()
 

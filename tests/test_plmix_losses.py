@@ -101,7 +101,7 @@ def test_mix_step_gives_every_term_and_gradients() -> None:
              "labels": torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])}
     step = MixStep(MixLoss(focal_weight=1.0, iou_weight=0.5, dice_weight=0.5, continuity_weight=0.1,
                            focal_gamma=2.0, temperature=0.1), background=0.3)
-    terms = step(CamsAndLogits(net), batch)
+    terms = step.training_step(CamsAndLogits(net), batch, None)  # the step reads nothing of its context
     assert set(terms) == {"loss", "classification", "focal", "soft_iou", "soft_dice", "continuity"}
     assert all(torch.isfinite(v) for v in terms.values())
     weighted = (terms["classification"] + terms["focal"] + 0.5 * terms["soft_iou"] + 0.5 * terms["soft_dice"]
