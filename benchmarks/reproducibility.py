@@ -13,6 +13,7 @@ time with another core count: every rule's thread count follows it (Snakemake ca
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -34,9 +35,11 @@ def run(workdir: Path, configfile: Path, cores: int) -> float:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     tic = time.perf_counter()
+    # the rules run `python -m stages.<name>`: that python must be this environment's
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
                     str(workdir), "--configfile", str(configfile.resolve()), "--cores", str(cores), "--quiet"],
-                   cwd=REPO, check=True)
+                   cwd=REPO, env=env, check=True)
     return time.perf_counter() - tic
 
 
@@ -73,8 +76,9 @@ SKIP = ("benchmarks", "summary", "logs")  # wall times, and plots drawn from the
 def compare(first: Path, second: Path) -> list[tuple[str, int, int, list[str]]]:
     rows = []
     for kind, (pattern, same) in KINDS.items():
-        files = [p for p in sorted((first / "results").glob(pattern)) if not set(SKIP) & set(p.parts)
-                 and not (kind == "label PNGs" and "panels" in p.parts)]
+        files = [p for p in sorted((first / "results").glob(pattern))
+                 if not set(SKIP) & set(p.relative_to(first).parts)
+                 and not (kind == "label PNGs" and "panels" in p.relative_to(first).parts)]
         differ = [str(p.relative_to(first)) for p in files if not same(p, second / p.relative_to(first))]
         rows.append((kind, len(files), len(files) - len(differ), differ))
     return rows
