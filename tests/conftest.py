@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,19 @@ def planned_jobs(workdir: Path, config: Path, *args: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def sigkill_when(command: list[str], marker: Path, log: Path, timeout: float) -> None:
+    """Start a stage, SIGKILL it as soon as ``marker`` exists (as an OOM killer would), and check it
+    was killed rather than finished; its output goes to ``log``."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, env=pipeline_env(), stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
 
 
 def toy_with_gt_labels(root: Path, num_train_aug: int = 12, min_size: int = 48, max_size: int = 72,

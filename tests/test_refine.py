@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import pipeline_env, stage_argv
+from conftest import pipeline_env, sigkill_when, stage_argv
 from stages import infer_cam, refine, train_cam
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -135,14 +133,7 @@ def test_changed_settings_start_over(tmp_path: Path, capsys) -> None:
 def test_resume_after_sigkill_matches_uninterrupted(cam_run: Path, refined: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "stages.refine", *cli_args(cam_run, tmp_path)]
     marker = tmp_path / "state" / "round2" / "train.pt"
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=pipeline_env(), stdout=log, stderr=log)
-        deadline = time.monotonic() + 240
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
+    sigkill_when(command, marker, tmp_path / "first.log", timeout=240)
     assert not (tmp_path / "refined.pt").exists(), "run finished before it could be killed"
 
     done = subprocess.run(command, env=pipeline_env(), capture_output=True, text=True, timeout=300)

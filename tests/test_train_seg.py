@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import pipeline_env, stage_argv, toy_with_gt_labels
+from conftest import pipeline_env, sigkill_when, stage_argv, toy_with_gt_labels
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
@@ -109,14 +107,7 @@ def test_resume_after_sigkill_matches_uninterrupted(toy, tmp_path: Path) -> None
 
     command = [sys.executable, "-m", "stages.train_seg", *cli_args(index_path, labels, killed, **steps)]
     killed.mkdir()
-    with open(killed / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=pipeline_env(), stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while not (killed / "ckpt.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (killed / "first.log").read_text()[-2000:]
+    sigkill_when(command, killed / "ckpt.pt", killed / "first.log", timeout=120)
     assert not (killed / "model.pt").exists(), "run finished before it could be killed"
     assert load_checkpoint(killed / "ckpt.pt")["step"] < steps["steps"]
 

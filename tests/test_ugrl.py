@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import REPO, TINY_CONFIG, pipeline_env, stage_argv
+from conftest import REPO, TINY_CONFIG, pipeline_env, sigkill_when, stage_argv
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -312,14 +310,7 @@ def test_resume_after_sigkill_keeps_the_prototypes(toy, tmp_path: Path) -> None:
     train_seg.main(cli_args(index, labels, whole, options, **steps))
     command = [sys.executable, "-m", "stages.train_seg", *cli_args(index, labels, killed, options, **steps)]
     killed.mkdir()
-    with open(killed / "first.log", "w") as log:
-        proc = subprocess.Popen(command, env=pipeline_env(), stdout=log, stderr=log)
-        deadline = time.monotonic() + 300
-        while not (killed / "ckpt.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (killed / "first.log").read_text()[-2000:]
+    sigkill_when(command, killed / "ckpt.pt", killed / "first.log", timeout=300)
     saved = load_checkpoint(killed / "ckpt.pt")
     assert 0 < saved["step"] < steps["steps"] and saved["hooks"]["bank"]["seen"].any()
 
