@@ -29,7 +29,6 @@ rule train_cam:
 
 
 rule infer_cam:
-    # The raw CAM network (cam_run "cam") and refined ones ("refine/<name>") alike.
     input:
         index=INDEX,
         model="results/{cam_run}/model.pt",
@@ -39,6 +38,18 @@ rule infer_cam:
         "results/logs/infer_cam/{cam_run}/{split}.log",
     benchmark:
         "results/benchmarks/infer_cam-{cam_run}-{split}.tsv"
+    # The raw CAM network (cam_run "cam") and refined ones ("refine/<name>") alike; refinements
+    # that write their CAM files themselves have rules of their own.
+    wildcard_constraints:
+        cam_run="cam|refine/("
+        + name_pattern(
+            [
+                r
+                for r in REFINEMENTS
+                if r not in refinements_of("none", *CAM_FILE_METHODS)
+            ]
+        )
+        + ")",
     threads: 2
     resources:
         gpu=1,

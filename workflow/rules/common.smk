@@ -205,6 +205,23 @@ wildcard_constraints:
     cam_run=r"cam|refine/[A-Za-z0-9_]+",
 
 
+# Refinement methods that write CAM files themselves; every other method but `none` writes a CAM
+# network (results/refine/<name>/model.pt) that infer_cam runs.
+CAM_FILE_METHODS = ("imported", "irn")
+
+
+def refinements_of(*methods):
+    """Names of the refinements whose method is one of ``methods``, sorted."""
+    return sorted(
+        r for r, options in REFINEMENTS.items() if options["method"] in methods
+    )
+
+
+def name_pattern(names):
+    """A wildcard constraint that matches exactly these names (and nothing when there are none)."""
+    return "|".join(names) if names else "(?!)"
+
+
 def cam_run(refinement):
     """The folder of a refinement's CAM network and CAM files: `none` is the raw CAM run."""
     return (

@@ -1,4 +1,6 @@
 rule refine_plmix:
+    wildcard_constraints:
+        refinement=name_pattern(refinements_of("plmix")),
     input:
         index=INDEX,
         model=CAM_MODEL,

@@ -15,9 +15,7 @@ rule summary:
         seg_metrics=expand("results/seg/{variant}/train_metrics.csv", variant=VARIANTS),
         rounds=expand(
             "results/refine/{refinement}/rounds.csv",
-            refinement=[
-                r for r, options in REFINEMENTS.items() if options["method"] == "plmix"
-            ],
+            refinement=refinements_of("plmix"),
         ),
     output:
         csv="results/summary/summary.csv",
