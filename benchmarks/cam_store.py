@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,62 @@ def time_reads(read, ids: list[str], cold_paths) -> float:
     return total / len(ids)
 
 
+def write_format_1(path: Path, meta: CamFileMeta, cams: dict) -> None:
+    """The store as format 1 wrote it (float16, one gzip+shuffle chunk per entry): the baseline."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**meta.to_attrs(), "format_version": 1, "num_images": len(cams)})
+        group = f.create_group("cams")
+        for image_id, (c, classes) in cams.items():
+            ds = group.create_dataset(image_id, data=c.astype(np.float16), chunks=c.shape, shuffle=True,
+                                      compression="gzip", compression_opts=1)
+            ds.attrs["class_indices"] = np.asarray(classes, np.int16)
+
+
+def h5_rows(work: Path, meta: CamFileMeta, cams: dict, read_ids: list[str]) -> list[tuple]:
+    """(name, bytes, blocks, write s, raw read s, float32 read s, cold s) for both store formats."""
+    rows = []
+    for name, path in (("HDF5 store, format 2 (uint8)", work / "cams.h5"),
+                       ("HDF5 store, format 1 (f16 gzip)", work / "cams_v1.h5")):
+        start = time.perf_counter()
+        if path.name == "cams.h5":
+            with CamWriter(path, meta) as writer:
+                for image_id, (c, classes) in cams.items():
+                    writer.write(image_id, c, classes)
+        else:
+            write_format_1(path, meta, cams)
+        write = time.perf_counter() - start
+        with CamReader(path) as reader, h5py.File(path, "r") as plain:
+            raw = time_reads(lambda i: plain["cams"][i][()], read_ids, None)
+            as_float = time_reads(reader.read, read_ids, None)
+            cold = time_reads(reader.read, read_ids, lambda _: [path])
+        rows.append((name, *disk_bytes([path]), write, raw, as_float, cold))
+    return rows
+
+
+def npy_rows(work: Path, cams: dict, read_ids: list[str]) -> list[tuple]:
+    """The same columns for one .npy file per image (plus its class list), float32 and float16."""
+    rows = []
+    for dtype in (np.float32, np.float16):
+        folder = work / f"npy_{np.dtype(dtype).name}"
+        folder.mkdir()
+        start = time.perf_counter()
+        for image_id, (c, classes) in cams.items():
+            np.save(folder / f"{image_id}.npy", c.astype(dtype))
+            np.save(folder / f"{image_id}.classes.npy", np.asarray(classes, np.int16))
+        write = time.perf_counter() - start
+
+        def read_npy(image_id: str, folder: Path = folder) -> np.ndarray:
+            np.load(folder / f"{image_id}.classes.npy")
+            return np.load(folder / f"{image_id}.npy")
+
+        pair = lambda i, folder=folder: [folder / f"{i}.npy", folder / f"{i}.classes.npy"]  # noqa: E731
+        rows.append((f".npy per image ({np.dtype(dtype).name})", *disk_bytes(sorted(folder.iterdir())), write,
+                     time_reads(read_npy, read_ids, None),
+                     time_reads(lambda i, r=read_npy: r(i).astype(np.float32), read_ids, None),
+                     time_reads(read_npy, read_ids, pair)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--voc", type=Path, default=VOC_SAMPLE, help="VOC-layout folder with masks")
@@ -94,54 +151,25 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="cam_store_bench_"))
     rng = np.random.default_rng(1)
     read_ids = [ids[i] for i in rng.integers(0, len(ids), args.reads)]
-    rows = []
     try:
-        h5_path = work / "cams.h5"
-        start = time.perf_counter()
-        with CamWriter(h5_path, meta) as writer:
-            for image_id, (c, classes) in cams.items():
-                writer.write(image_id, c, classes)
-        h5_write = time.perf_counter() - start
-        with CamReader(h5_path) as reader:
-            warm = time_reads(reader.read, read_ids, None)
-            cold = time_reads(reader.read, read_ids, lambda _: [h5_path])
-
-        def open_and_read(image_id: str) -> None:
-            with CamReader(h5_path) as r:
-                r.read(image_id)
-
-        rows.append(("HDF5 (float16, gzip+shuffle)", *disk_bytes([h5_path]), h5_write, warm, cold,
-                     time_reads(open_and_read, read_ids, None)))
-
-        for dtype in (np.float32, np.float16):
-            folder = work / f"npy_{np.dtype(dtype).name}"
-            folder.mkdir()
-            start = time.perf_counter()
-            for image_id, (c, classes) in cams.items():
-                np.save(folder / f"{image_id}.npy", c.astype(dtype))
-                np.save(folder / f"{image_id}.classes.npy", np.asarray(classes, np.int16))
-            write = time.perf_counter() - start
-
-            def read_npy(image_id: str, folder: Path = folder) -> None:
-                np.load(folder / f"{image_id}.npy")
-                np.load(folder / f"{image_id}.classes.npy")
-
-            files = sorted(folder.iterdir())
-            pair = lambda i, folder=folder: [folder / f"{i}.npy", folder / f"{i}.classes.npy"]  # noqa: E731
-            warm = time_reads(read_npy, read_ids, None)
-            rows.append((f".npy per image ({np.dtype(dtype).name})", *disk_bytes(files), write, warm,
-                         time_reads(read_npy, read_ids, pair), warm))
+        rows = h5_rows(work, meta, cams, read_ids) + npy_rows(work, cams, read_ids)
     finally:
         shutil.rmtree(work)
 
-    base = rows[1][1]
+    base = rows[2][1]
+    f16 = rows[3]
     print(f"{'store':32s} {'bytes':>10s} {'on disk':>10s} {'vs npy32':>8s} {'write s':>8s} "
-          f"{'read ms':>8s} {'cold ms':>8s} {'open+read':>9s}")
-    for name, size, blocks, write, warm, cold, opened in rows:
+          f"{'read ms':>8s} {'f32 ms':>8s} {'cold ms':>8s}")
+    for name, size, blocks, write, raw, as_float, cold in rows:
         print(f"{name:32s} {size / 1e6:9.1f}M {blocks / 1e6:9.1f}M {size / base:8.2f} {write:8.2f} "
-              f"{warm * 1e3:8.2f} {cold * 1e3:8.2f} {opened * 1e3:9.2f}")
-    print("read ms: one random image from an open store (warm page cache); cold ms: same after evicting "
-          "the file(s) from the page cache; open+read: opening the store for every read")
+              f"{raw * 1e3:8.2f} {as_float * 1e3:8.2f} {cold * 1e3:8.2f}")
+    print("read ms: one random entry as stored, from an open store / the files (warm page cache); f32 ms: the "
+          "same as the float32 CAMs the stages use (the store's CamReader.read); cold ms: CamReader.read / "
+          "np.load after evicting the file(s) from the page cache")
+    store = rows[0]
+    print(f"format 2 vs float16 .npy: bytes x{store[1] / f16[1]:.2f} of float16 (x{store[1] / base:.2f} of "
+          f"float32), read as stored x{store[4] / f16[4]:.2f}, read as float32 x{store[5] / f16[5]:.2f}; "
+          f"vs format 1: read as float32 x{store[5] / rows[1][5]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """One table over every stage and variant (CSV + Markdown), a bar plot of the variants, training curves.
 
-Rows, by ``stage``, each with the ``split`` it was measured on:
+summary.md adds per-class IoU side by side (stages/reporting/per_class.py, also written as a long CSV)
+and the methods' own reports (stages/reporting/diagnostics.py).
+
+Rows of the table, by ``stage``, each with the ``split`` it was measured on:
 - ``cam``: CAM mIoU at the best background threshold of the eval_cam sweep;
 - ``refine``: one row per PL-Mix round, the refined network's CAM mIoU at its best threshold;
 - ``pseudo_labels``: per refinement, ``miou`` with ignored (255) pixels counted as background (the
@@ -24,6 +27,9 @@ from matplotlib.figure import Figure
 
 from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
+from stages.reporting.diagnostics import diagnostics_markdown
+from stages.reporting.per_class import per_class_long, per_class_markdown
+from stages.reporting.tables import read_csv, to_markdown
 
 COLUMNS = ["stage", "name", "split", "miou", "miou_labelled", "miou_multiscale", "miou_multiscale_crf",
            "precision", "coverage", "threshold", "seconds"]
@@ -48,25 +54,22 @@ NOTES = {  # summary.md's key to the columns, for those the table has
                "benchmark files",
 }
 
-def named_paths(values: Sequence[str], flag: str) -> dict[str, Path]:
-    """``NAME=PATH`` arguments as an ordered mapping; names must be unique."""
-    out: dict[str, Path] = {}
+
+def named_values(values: Sequence[str], flag: str, form: str = "NAME=VALUE") -> dict[str, str]:
+    """``NAME=VALUE`` arguments as an ordered mapping; names must be unique."""
+    out: dict[str, str] = {}
     for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"{flag} {value!r}: expected NAME=PATH")
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise InputError(f"{flag} {value!r}: expected {form}")
         if name in out:
             raise InputError(f"{flag}: name {name!r} given twice")
-        out[name] = Path(path)
+        out[name] = rest
     return out
 
 
-def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)})")
-    return frame
+def named_paths(values: Sequence[str], flag: str) -> dict[str, Path]:
+    return {name: Path(path) for name, path in named_values(values, flag, "NAME=PATH").items()}
 
 
 def cam_rows(bests: dict[str, Path], split: str) -> list[dict]:
@@ -144,21 +147,6 @@ def summary_table(cam_best: dict[str, Path], pseudo: dict[str, Path], variants: 
             *variant_rows(variants, seg_split), *benchmark_rows(benchmarks)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.dropna(axis=1, how="all")
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub table: scores to 4 decimals, seconds to 1, empty cells where a row has no value."""
-    def cell(column: str, value) -> str:
-        if isinstance(value, float):
-            if math.isnan(value):
-                return ""
-            return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(table.columns, row)) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(table: pd.DataFrame) -> str:
@@ -291,12 +279,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-metrics", nargs="+", default=[], metavar="NAME=CSV", help="training metrics")
     p.add_argument("--refine-rounds", nargs="*", default=[], metavar="NAME=CSV",
                    help="PL-Mix rounds.csv of each refinement")
+    p.add_argument("--pseudo-per-class", nargs="*", default=[], metavar="NAME=CSV",
+                   help="eval_pseudo per_class.csv of each refinement")
+    p.add_argument("--variant-per-class", nargs="+", default=[], metavar="NAME=CSV",
+                   help="evaluate per_class.csv of each variant")
+    p.add_argument("--variant-labels", nargs="*", default=[], metavar="VARIANT=REFINEMENT",
+                   help="the refinement whose pseudo labels each variant trains on; a variant without is not listed")
+    p.add_argument("--method-outputs", nargs="*", default=[], metavar="NAME=DIR",
+                   help="each variant's outputs folder, where UGRL and EIL leave their reports")
     p.add_argument("--cam-split", required=True,
                    help="split the CAMs, PL-Mix rounds and pseudo labels were scored on (cam.eval.split)")
     p.add_argument("--seg-split", required=True, help="split the segmenters were evaluated on")
     p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark TSVs")
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-md", type=Path, required=True)
+    p.add_argument("--out-per-class", type=Path, required=True,
+                   help="CSV: variant, class, pseudo_iou, pred_iou, vanished")
     p.add_argument("--out-plot-variants", type=Path, required=True)
     p.add_argument("--out-plot-curves", type=Path, required=True)
     return p.parse_args(argv)
@@ -310,7 +308,13 @@ def main(argv: list[str] | None = None) -> None:
                           cam_split=args.cam_split, seg_split=args.seg_split)
     plot_variants(table, args.out_plot_variants)
     plot_curves(named_paths(args.train_metrics, "--train-metrics"), args.out_plot_curves, rounds, args.cam_split)
-    write_text(args.out_md, summary_markdown(table))
+    per_class = per_class_long(named_paths(args.variant_per_class, "--variant-per-class"),
+                               named_paths(args.pseudo_per_class, "--pseudo-per-class"),
+                               named_values(args.variant_labels, "--variant-labels", "VARIANT=REFINEMENT"))
+    with atomic_path(args.out_per_class) as tmp:
+        per_class.to_csv(tmp, index=False)
+    write_text(args.out_md, summary_markdown(table) + per_class_markdown(per_class, args.cam_split, args.seg_split)
+               + diagnostics_markdown(named_paths(args.method_outputs, "--method-outputs")))
     with atomic_path(args.out_csv) as tmp:
         table.to_csv(tmp, index=False)
     print(to_markdown(table), file=sys.stderr)

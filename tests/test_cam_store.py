@@ -56,16 +56,15 @@ def test_round_trip_values_attrs_and_layout(tmp_path):
         for image_id, (cams, classes) in entries.items():
             entry = reader.read(image_id)
             assert entry.cams.dtype == np.float32 and entry.cams.shape == cams.shape
-            np.testing.assert_allclose(entry.cams, cams, atol=5e-4)  # float16 in [0, 1]
+            np.testing.assert_allclose(entry.cams, cams, atol=0.5 / 255 + 1e-6)  # 8-bit levels in [0, 1]
             assert entry.class_indices.tolist() == classes
             assert entry.size == cams.shape[1:]
     with h5py.File(path, "r") as f:  # the documented layout, read with plain h5py
-        assert f.attrs["format_version"] == 1 and f.attrs["num_images"] == 3
+        assert f.attrs["format_version"] == 2 and f.attrs["num_images"] == 3
         assert list(f.attrs["classes"]) == list(CLASSES)
         ds = f["cams/img_a"]
-        assert ds.dtype == np.float16
-        assert ds.chunks == ds.shape  # one chunk per image
-        assert ds.compression == "gzip" and ds.shuffle
+        assert ds.dtype == np.uint8 and ds.chunks is None and ds.compression is None  # one contiguous read
+        np.testing.assert_allclose(ds[()] / 255, entries["img_a"][0], atol=0.5 / 255 + 1e-6)
         assert (ds.attrs["height"], ds.attrs["width"]) == (12, 16)
 
 
@@ -89,7 +88,7 @@ def test_reads_stay_correct_across_reopens(tmp_path, monkeypatch):
     with CamReader(path) as reader:
         for _ in range(3):  # 9 reads, 4 reopens
             for image_id, entry in reader.entries(["img_a", "img_b", "img_c"]):
-                np.testing.assert_allclose(entry.cams, entries[image_id][0], atol=5e-4)
+                np.testing.assert_allclose(entry.cams, entries[image_id][0], atol=0.5 / 255 + 1e-6)
         assert len(reader) == 3 and "img_b" in reader
 
 
@@ -213,6 +212,24 @@ def test_merge_shards(tmp_path):
     with CamReader(out) as reader:
         assert sorted(reader.ids()) == sorted(ids)
         for image_id, entry in reader.entries():
-            np.testing.assert_allclose(entry.cams, entries[image_id][0], atol=5e-4)
+            np.testing.assert_allclose(entry.cams, entries[image_id][0], atol=0.5 / 255 + 1e-6)
     with h5py.File(out, "r") as f:
-        assert f["cams/img_c"].compression == "gzip"
+        assert f["cams/img_c"].dtype == np.uint8  # copied as stored
+
+
+def test_format_1_files_are_still_read(tmp_path):
+    """Caches written before the 8-bit format (float16, gzip) stay usable without recomputing."""
+    cams = np.random.default_rng(5).random((2, 6, 8), dtype=np.float32)
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**make_meta().to_attrs(), "format_version": 1, "num_images": 1})
+        ds = f.create_group("cams").create_dataset("img_a", data=cams.astype(np.float16), chunks=cams.shape,
+                                                   compression="gzip", shuffle=True)
+        ds.attrs["class_indices"] = np.array([1, 3], np.int16)
+    with CamReader(path) as reader:
+        np.testing.assert_allclose(reader.read("img_a").cams, cams, atol=5e-4)
+
+
+def test_values_outside_unit_range_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"img_a: CAM values must lie in \[0, 1\]"):
+        write_file(tmp_path / "cams.h5", {"img_a": (np.full((1, 4, 4), 3.0, np.float32), [1])})

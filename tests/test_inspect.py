@@ -38,7 +38,7 @@ def test_list_shows_attributes_and_entries(files, capsys):
     inspect_stage.main([str(files["cams"])])
     text = capsys.readouterr().out
     for expected in ("@dataset = tiny", "@classes = [background, cat, dog]", "@checkpoint_sha256 = feedbeef",
-                     "@num_images = 1", "cams/  (1 entries)", "im1  float16 (2, 24, 32)", "gzip",
+                     "@num_images = 1", "cams/  (1 entries)", "im1  uint8 (2, 24, 32)",
                      "class_indices=[1, 2]"):
         assert expected in text
 

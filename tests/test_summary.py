@@ -1,4 +1,5 @@
-"""summary: the table built from hand-written stage outputs, its Markdown, and the plots."""
+"""summary: the table built from hand-written stage outputs, its Markdown, the plots, the per-class
+IoU side by side and the methods' own reports."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from stages import summary
+from stages.reporting import diagnostics, per_class
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -32,6 +34,17 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
                                             "2,0,0.6,0.005,11,0\n")
     (tmp_path / "train_ce.csv").write_text("step,epoch,loss,ce,lr,lr_g0,img_per_s,skipped\n"
                                            "1,0,2.0,2.0,0.01,0.01,5,0\n2,0,1.5,1.5,0.005,0.005,5,0\n")
+    # per-class IoU: eval_pseudo's per refinement, evaluate's per variant; rss loses "dog"
+    (tmp_path / "pseudo_class_none.csv").write_text("class,iou,iou_labelled\nbackground,0.8,0.85\n"
+                                                    "cat,0.5,0.6\ndog,0.3,0.4\n")
+    (tmp_path / "pseudo_class_plmix.csv").write_text("class,iou,iou_labelled\nbackground,0.82,0.86\n"
+                                                     "cat,0.55,0.6\ndog,0.35,0.45\n")
+    (tmp_path / "eval_class_ce.csv").write_text("class_index,class,single,multiscale\n0,background,0.85,0.86\n"
+                                                "1,cat,0.6,0.61\n2,dog,0.3,0.32\n")
+    (tmp_path / "eval_class_rss.csv").write_text("class_index,class,single,multiscale,multiscale+crf\n"
+                                                 "0,background,0.88,0.89,0.9\n1,cat,0.7,0.71,0.72\n"
+                                                 "2,dog,0.01,0.02,0.02\n")
+    (tmp_path / "outputs_rss").mkdir()  # a method that reports nothing the summary reads
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     (bench / "train_cam.tsv").write_text(BENCHMARK_HEADER + "120.5\t0:02:00\t1\t1\t1\t1\t1\t1\t1\t1\n")
@@ -46,7 +59,12 @@ def cli(d: Path) -> list[str]:
             "--variant", f"ce={d / 'eval_ce.csv'}", f"rss={d / 'eval_rss.csv'}",
             "--train-metrics", f"cam={d / 'train_cam.csv'}", f"ce={d / 'train_ce.csv'}",
             "--refine-rounds", f"plmix={d / 'rounds_plmix.csv'}", "--cam-split", "train", "--seg-split", "val",
+            "--pseudo-per-class", f"none={d / 'pseudo_class_none.csv'}", f"plmix={d / 'pseudo_class_plmix.csv'}",
+            "--variant-per-class", f"ce={d / 'eval_class_ce.csv'}", f"rss={d / 'eval_class_rss.csv'}",
+            "--variant-labels", "ce=plmix", "rss=none",
+            "--method-outputs", f"ce={d / 'outputs_ce'}", f"rss={d / 'outputs_rss'}",
             "--benchmarks", str(d / "benchmarks"), "--out-csv", str(d / "out" / "summary.csv"),
+            "--out-per-class", str(d / "out" / "per_class.csv"),
             "--out-md", str(d / "out" / "summary.md"), "--out-plot-variants", str(d / "out" / "variants.png"),
             "--out-plot-curves", str(d / "out" / "curves.png")]
 
@@ -113,3 +131,77 @@ def test_bad_inputs_are_named(inputs) -> None:
     (inputs["bench"] / "broken-x.tsv").write_text("seconds\n1\n")
     with pytest.raises(ValueError, match=r"broken-x\.tsv: not a Snakemake benchmark"):
         summary.benchmark_rows(inputs["bench"])
+
+
+def test_long_per_class_csv_has_a_row_per_variant_and_class(inputs) -> None:
+    d = inputs["dir"]
+    summary.main(cli(d))
+    table = pd.read_csv(d / "out" / "per_class.csv")
+    assert table.columns.tolist() == per_class.LONG_COLUMNS
+    assert list(table.itertuples(index=False, name=None)) == [
+        ("ce", "background", 0.82, 0.85, False), ("ce", "cat", 0.55, 0.6, False), ("ce", "dog", 0.35, 0.3, False),
+        ("rss", "background", 0.8, 0.88, False), ("rss", "cat", 0.5, 0.7, False), ("rss", "dog", 0.3, 0.01, True)]
+    md = (d / "out" / "summary.md").read_text()
+    assert "| class | ce pseudo | ce pred | rss pseudo | rss pred | vanished in |" in md
+    assert "| dog | 0.3500 | 0.3000 | 0.3000 | 0.0100 | rss |" in md
+    assert "- ce: none\n- rss: dog\n" in md
+    # neither outputs folder holds a report (ce's is missing, rss's empty): said, not an error
+    assert "No method report (pool_precision.csv, rounds.csv)" in md
+
+
+def test_vanished_class_is_flagged_and_scribble_variants_show_pred_only(inputs) -> None:
+    d = inputs["dir"]
+    long = per_class.per_class_long({"rss": d / "eval_class_rss.csv", "eil": d / "eval_class_ce.csv"},
+                                    {"none": d / "pseudo_class_none.csv"}, {"rss": "none"})
+    assert long.loc[long["vanished"], ["variant", "class"]].values.tolist() == [["rss", "dog"]]
+    assert long.loc[long["variant"] == "eil", "pseudo_iou"].isna().all()
+    md = per_class.per_class_markdown(long, "train", "val")
+    assert "| class | rss pseudo | rss pred | eil pred | vanished in |" in md
+    assert "| dog | 0.3000 | 0.0100 | 0.3000 | rss |" in md
+    assert "| cat | 0.5000 | 0.7000 | 0.6000 |  |" in md
+    assert "- rss: dog\n- eil: no pseudo labels to compare with\n" in md
+    with pytest.raises(ValueError, match="no per-class CSV of its pseudo labels 'plmix'"):
+        per_class.per_class_long({"rss": d / "eval_class_rss.csv"}, {}, {"rss": "plmix"})
+    (d / "eval_class_other.csv").write_text("class_index,class,single\n0,background,0.9\n1,bird,0.5\n")
+    with pytest.raises(ValueError, match="different classes"):
+        per_class.per_class_long({"x": d / "eval_class_other.csv"}, {"none": d / "pseudo_class_none.csv"},
+                                 {"x": "none"})
+
+
+def test_ugrl_and_eil_reports_become_tables(tmp_path: Path) -> None:
+    """The files the methods' own writers leave (hand-made records), read back into summary.md."""
+    from stages.methods.eil.report import write_table
+    from stages.methods.ugrl.report import write_outputs
+
+    ugrl, eil = tmp_path / "ugrl", tmp_path / "eil"
+    ugrl.mkdir()
+    eil.mkdir()
+    nan = float("nan")
+    history = [{"step": s, "counts": [9.0, 10.0, 15.0, 20.0], "u": [0.1, 0.2 * s, nan if s == 4 else 0.05]}
+               for s in range(1, 5)]
+    write_outputs(history, ["background", "cat", "dog"], ugrl)
+    write_table([{"round": 0, "step": 0, "precision": 0.95, "coverage": 0.05},
+                 {"round": 1, "step": 3, "radius": 15.0, "reward": 0.2, "adopted": 0.5, "pixels_added": 100,
+                  "precision": 0.9, "coverage": 0.3}], eil)
+    md = diagnostics.diagnostics_markdown({"ce": tmp_path / "missing", "ugrl": ugrl, "eil": eil})
+    assert "| variant | steps | pool_precision | labelled_precision | pool_share | most_uncertain_at_end |" in md
+    # last quarter of 4 steps = step 4: dog has no value there and is not named
+    assert "| ugrl | 4 | 0.9000 | 0.7500 | 0.5000 | cat 0.80, background 0.10 |" in md
+    assert "| variant | round | step | precision | coverage | adopted |" in md
+    assert "| eil | 0 | 0 | 0.9500 | 0.0500 |  |" in md
+    assert "| eil | 1 | 3 | 0.9000 | 0.3000 | 0.5000 |" in md
+    assert "| ce |" not in md
+
+
+def test_missing_or_partial_reports_are_tolerated(tmp_path: Path) -> None:
+    (tmp_path / "ugrl").mkdir()
+    (tmp_path / "ugrl" / "pool_precision.csv").write_text(
+        "step,pool_correct,pool_known,labelled_correct,labelled_known,pool_precision,labelled_precision\n"
+        "1,0,0,3,4,,0.75\ntotal,0,0,3,4,,0.75\n")  # an empty pool, no uncertainty file
+    md = diagnostics.diagnostics_markdown({"ugrl": tmp_path / "ugrl", "ce": tmp_path / "nothing"})
+    assert "| ugrl | 1 |  | 0.7500 | 0.0000 |  |" in md
+    assert diagnostics.diagnostics_markdown({}).endswith("in the variants' outputs folders.\n")
+    (tmp_path / "eil").mkdir()
+    (tmp_path / "eil" / "rounds.csv").write_text("round,step\n0,0\n")
+    with pytest.raises(ValueError, match=r"rounds\.csv: missing column\(s\) precision, coverage"):
+        diagnostics.diagnostics_markdown({"eil": tmp_path / "eil"})

@@ -1,6 +1,6 @@
 """CAM store: one HDF5 file per (CAM run, split), streamed in and out one image at a time.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 files, float16 + gzip, are still read)::
 
     cams.h5
     |-- attrs   format_version  1
@@ -14,10 +14,9 @@ Layout (format version 1)::
     |           refinement      JSON provenance when the CAM network was refined, e.g.
     |                           {"method": "plmix", "rounds": 3, "from_checkpoint_sha256": ...}; "" if raw
     |           num_images      written last: a file without it was never finished
-    `-- cams/<image_id>         float16 (K, H, W) at image resolution, values in [0, 1]
-                                (ReLU, then divided by each class's maximum);
-                                K = the image's present foreground classes; one chunk per image,
-                                gzip + shuffle compressed
+    `-- cams/<image_id>         uint8 (K, H, W) at image resolution: round(255 * CAM), the CAM
+                                in [0, 1] (ReLU, then divided by each class's maximum);
+                                K = the image's present foreground classes; contiguous, no filter
         attrs   class_indices   int16 (K,), indices into ``classes`` (1..C-1), one per channel
                 height, width   image size in pixels
 
@@ -25,7 +24,7 @@ Reading one image with plain h5py::
 
     import h5py
     with h5py.File("cams.h5", "r") as f:
-        cams, classes = f["cams/2007_000032"][()], f["cams/2007_000032"].attrs["class_indices"]
+        cams, classes = f["cams/2007_000032"][()] / 255, f["cams/2007_000032"].attrs["class_indices"]
 
 Writers fill a temporary sibling name and rename it when the last entry is in, so a killed job
 leaves nothing under the output name (its temporary is removed by the next write of the same
@@ -47,7 +46,8 @@ import numpy as np
 from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.atomic import atomic_path, is_temporary
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class DatasetLike(Protocol):
@@ -56,11 +56,12 @@ class DatasetLike(Protocol):
     name: str
     classes: list[str]
 GROUP = "cams"
-# Whole-entry chunks keep an image one read. gzip is built into every HDF5, so plain h5py and
-# h5ls open the file; with byte shuffle it stores float16 CAMs in about 40% of their size, and
-# level 1 writes fastest at nearly the ratio of higher levels (benchmarks/cam_store.py).
-COMPRESSION = "gzip"
-COMPRESSION_LEVEL = 1
+# 8 bits per CAM value, stored as is: a quarter of float32's bytes, and a read is one contiguous
+# copy plus a cheap uint8 -> float32 scale, faster than a float16 .npy read once converted (float16
+# -> float32 is the slow step) and than gzip's inflate (format 1). The step, 1/255, is a fifth of
+# the threshold sweep's; benchmarks/cam_store.py has the figures.
+LEVELS = 255
+_TOLERANCE = 1e-3  # float rounding above 1 (x / (max + eps)) is not an error
 _SHARD_NAME = re.compile(r"\..+\.shard[0-9]+")
 
 
@@ -112,6 +113,13 @@ class CamEntry:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.cams.shape[1]), int(self.cams.shape[2])
+
+
+def _as_float(stored: np.ndarray) -> np.ndarray:
+    """float32 CAMs in [0, 1] from an entry as stored: uint8 levels (format 2) or float16 (1)."""
+    if stored.dtype == np.uint8:
+        return np.multiply(stored, np.float32(1 / LEVELS), dtype=np.float32)
+    return stored.astype(np.float32)
 
 
 def _as_str(value: object) -> str:
@@ -188,18 +196,17 @@ class CamWriter:
         if idx.size and (idx.min() < 1 or idx.max() >= len(self.meta.classes)):
             raise ValueError(f"{self.path}: {image_id}: class indices {idx.tolist()} outside "
                              f"1..{len(self.meta.classes) - 1}")
-        data = cams.astype(np.float16)
-        if data.size:
-            ds = self._group.create_dataset(image_id, data=data, chunks=data.shape, shuffle=True,
-                                            compression=COMPRESSION, compression_opts=COMPRESSION_LEVEL)
-        else:  # an image with no foreground class: HDF5 cannot chunk an empty extent
-            ds = self._group.create_dataset(image_id, data=data)
+        if cams.size and not (cams.min() >= 0 and cams.max() <= 1 + _TOLERANCE):
+            raise ValueError(f"{self.path}: {image_id}: CAM values must lie in [0, 1], got "
+                             f"{cams.min():.4g}..{cams.max():.4g} (normalise each class by its maximum)")
+        data = np.rint(np.clip(cams, 0, 1) * LEVELS).astype(np.uint8)
+        ds = self._group.create_dataset(image_id, data=data)
         ds.attrs["class_indices"] = idx
         ds.attrs["height"], ds.attrs["width"] = cams.shape[1], cams.shape[2]
         self._count += 1
 
     def copy_entries(self, reader: "CamReader") -> None:
-        """Copy every entry of another file as stored (compressed chunks are not re-encoded)."""
+        """Copy every entry of another file as stored (not re-encoded; readers go by the dtype)."""
         for image_id in reader.ids():
             self._check_new(image_id)
             reader._file.copy(reader._file[GROUP][image_id], self._group, name=image_id)
@@ -239,8 +246,9 @@ class CamReader:
     def _check_layout(self) -> None:
         attrs = self._file.attrs
         version = attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InputError(f"{self.path}: CAM file format version {version} (expected {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise InputError(f"{self.path}: CAM file format version {version} (readable: "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
         if GROUP not in self._file:
             raise InputError(f"{self.path}: no '{GROUP}' group; not a CAM file")
         if "num_images" not in attrs:
@@ -278,7 +286,7 @@ class CamReader:
             raise MissingEntryError(f"{self.path}: image id {image_id!r} is not in this CAM file "
                            f"({len(group)} entries, split {self.meta.split!r})")
         try:
-            cams = ds[()].astype(np.float32)
+            cams = _as_float(ds[()])
         except OSError as exc:
             raise InputError(f"{self.path}: entry {image_id!r} cannot be read (corrupt or "
                              f"truncated file?): {exc}") from exc

@@ -11,7 +11,16 @@ rule summary:
             "results/pseudo_labels/{refinement}/eval/summary.csv",
             refinement=REFINEMENTS,
         ),
+        pseudo_per_class=expand(
+            "results/pseudo_labels/{refinement}/eval/per_class.csv",
+            refinement=REFINEMENTS,
+        ),
         variants=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
+        variant_per_class=expand(
+            "results/eval/{variant}/per_class.csv", variant=VARIANTS
+        ),
+        # what each method reports on itself (UGRL pool precision, EIL rounds); may be empty
+        method_outputs=expand("results/seg/{variant}/outputs", variant=VARIANTS),
         seg_metrics=expand("results/seg/{variant}/train_metrics.csv", variant=VARIANTS),
         rounds=expand(
             "results/refine/{refinement}/rounds.csv",
@@ -19,6 +28,7 @@ rule summary:
         ),
     output:
         csv="results/summary/summary.csv",
+        per_class="results/summary/per_class.csv",
         md=report(
             "results/summary/summary.md",
             caption="../report/summary.rst",
@@ -43,6 +53,21 @@ rule summary:
         variants=lambda wildcards, input: " ".join(
             f"{v}={path}" for v, path in zip(VARIANTS, input.variants)
         ),
+        pseudo_per_class=lambda wildcards, input: " ".join(
+            f"{r}={path}" for r, path in zip(REFINEMENTS, input.pseudo_per_class)
+        ),
+        variant_per_class=lambda wildcards, input: " ".join(
+            f"{v}={path}" for v, path in zip(VARIANTS, input.variant_per_class)
+        ),
+        # variants trained on scribbles have no pseudo labels, and are not listed
+        variant_labels=" ".join(
+            f"{v}={options['pseudo_labels']}"
+            for v, options in VARIANTS.items()
+            if options.get("pseudo_labels") is not None
+        ),
+        method_outputs=lambda wildcards, input: " ".join(
+            f"{v}={path}" for v, path in zip(VARIANTS, input.method_outputs)
+        ),
         curves=lambda wildcards, input: " ".join(
             [f"cam={input.cam_metrics}"]
             + [f"{v}={path}" for v, path in zip(VARIANTS, input.seg_metrics)]
@@ -62,9 +87,11 @@ rule summary:
         PYTHON
         + " stages.summary --cam-best {params.cam_best} --pseudo {params.pseudo}"
         " --variant {params.variants} --train-metrics {params.curves} --refine-rounds {params.rounds}"
+        " --pseudo-per-class {params.pseudo_per_class} --variant-per-class {params.variant_per_class}"
+        " --variant-labels {params.variant_labels} --method-outputs {params.method_outputs}"
         " --cam-split {params.cam_split} --seg-split {params.seg_split} --benchmarks results/benchmarks"
-        " --out-csv {output.csv} --out-md {output.md} --out-plot-variants {output.variants}"
-        " --out-plot-curves {output.curves} > {log} 2>&1"
+        " --out-csv {output.csv} --out-per-class {output.per_class} --out-md {output.md}"
+        " --out-plot-variants {output.variants} --out-plot-curves {output.curves} > {log} 2>&1"
 
 
 rule devices:
