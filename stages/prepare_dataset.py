@@ -1,8 +1,9 @@
-"""Stage: make the data set's index (and, for toy and voc, the data set itself).
+"""Stage: make the data set's index (and, for toy, voc and coco, the data set or its masks).
 
     python -m stages.prepare_dataset --kind toy --index OUT.json --root DIR --num-classes N ...
     python -m stages.prepare_dataset --kind voc --index OUT.json --root DIR --download-dir DIR ...
     python -m stages.prepare_dataset --kind folder --index OUT.json --path DIR --labels auto
+    python -m stages.prepare_dataset --kind coco --index OUT.json --root DIR --download-dir DIR ... [--path COCO]
 
 Each kind needs its own flags (see --help); a missing one is an error naming it.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 
+from stages.data.coco import prepare_coco
 from stages.data.toy import generate_toy
 from stages.data.voc_folder import LABEL_SOURCES, prepare_voc, read_voc_folder
 from stages.errors import run_stage
@@ -20,6 +22,7 @@ KIND_FLAGS = {
     "toy": ("root", "num_classes", "num_train_aug", "num_train", "num_val", "min_size", "max_size", "seed"),
     "voc": ("root", "download_dir", "retries", "archives"),
     "folder": ("path", "labels"),
+    "coco": ("root", "download_dir", "retries", "archives"),
 }
 
 
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", required=True, choices=sorted(KIND_FLAGS))
     p.add_argument("--index", required=True, help="where to write the index JSON")
-    p.add_argument("--root", help="toy: folder to generate into; voc: folder to extract into")
+    p.add_argument("--root", help="toy: folder to generate into; voc, coco: folder to extract (coco: and "
+                                  "index) into")
     toy = p.add_argument_group("toy")
     toy.add_argument("--num-classes", type=int, help="object classes (background is added)")
     toy.add_argument("--num-train-aug", type=int)
@@ -54,11 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--retries", type=int, help="extra attempts per download")
     voc.add_argument("--archives", type=_archives, help='JSON: {"name": {"url": ..., "md5": ...|null}}')
     folder = p.add_argument_group("folder")
-    folder.add_argument("--path", help="a VOC-format folder, read in place")
+    folder.add_argument("--path", help="a VOC-format folder, read in place (coco: an existing COCO 2014 "
+                                       "folder, read in place, nothing downloaded)")
     folder.add_argument("--labels", choices=LABEL_SOURCES, help="where image-level labels come from")
     folder.add_argument("--follow-symlinks-outside", action=argparse.BooleanOptionalAction, default=False,
                         help="accept images, masks and scribbles that are symbolic links leading outside "
                              "the folder (also for --kind voc; refused by default)")
+    coco = p.add_argument_group("coco", "also --download-dir, --retries and --archives as for voc, and --path")
+    coco.add_argument("--max-train-aug", type=int, help="keep the first N train2014 images (default: all)")
+    coco.add_argument("--max-train", type=int, help="train, for CAM evaluation: the first N of train_aug "
+                                                   "(default: all)")
+    coco.add_argument("--max-val", type=int, help="keep the first N val2014 images (default: all)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on stderr")
     return p
@@ -78,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         index = prepare_voc(args.root, args.download_dir, args.archives, args.retries,
                             devkit=args.devkit, progress=args.progress,
                             follow_symlinks_outside=args.follow_symlinks_outside)
+    elif args.kind == "coco":
+        index = prepare_coco(args.root, args.path, args.download_dir, args.archives, args.retries,
+                             max_train_aug=args.max_train_aug, max_train=args.max_train, max_val=args.max_val,
+                             progress=args.progress)
     else:
         index = read_voc_folder(args.path, args.labels, progress=args.progress,
                                 follow_symlinks_outside=args.follow_symlinks_outside)

@@ -5,9 +5,8 @@ The output directory appears only when every PNG is written; see ``stages.labels
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
+from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
 from stages.labels.crf import add_crf_arguments, crf_params_from
@@ -45,10 +44,7 @@ def resolve_threshold(threshold: float | str, best: str | None) -> float:
         return threshold
     if best is None:
         raise InputError("--threshold auto needs --best (the JSON written by eval_cam)")
-    try:
-        return float(json.loads(Path(best).read_text())["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{best}: cannot read a best threshold ({type(exc).__name__}: {exc})") from exc
+    return read_best(best)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     index = DatasetIndex.load(args.index)
     crf = crf_params_from(args)
     settings = PseudoLabelSettings(threshold=resolve_threshold(args.threshold, args.best),
-                                   ignore_band=args.ignore_band, crf=crf if args.use_crf else None)
+                                   ignore_band=args.ignore_band, crf=crf if args.use_crf else None,
+                                   num_classes=index.num_classes)
     with progress_bar(total=len(index.ids(args.split)), desc=f"pseudo labels {args.split}", unit="img") as bar:
         count = generate_pseudo_labels(index, args.cams, args.split, settings, args.out_dir,
                                        args.workers, on_done=lambda _: bar.update())

@@ -12,12 +12,12 @@ trainer's checkpoint there. Runs under ``torchrun`` like train_cam.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
-from stages.errors import InputError, run_stage
+from stages.errors import run_stage
 from stages.io.checkpoint import check_meta, file_sha256, save_model
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
@@ -79,15 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if problems:
         p.error("; ".join(problems))
     return args
-
-
-def read_best(path: Path) -> tuple[float, float]:
-    """eval_cam's (best threshold, mIoU at it)."""
-    try:
-        best = json.loads(path.read_text())
-        return float(best["threshold"]), float(best["miou"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: cannot read eval_cam's best threshold ({type(exc).__name__}: {exc})") from exc
 
 
 def plmix_settings_from(args: argparse.Namespace) -> PLMixSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.labels.crf import CRFParams, dense_crf
+from stages.labels.crf import CRFParams, dense_crf, dense_crf_many
 
 PARAMS = CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
                    bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10)
@@ -61,3 +61,16 @@ def test_non_contiguous_image_is_accepted():
 def test_bad_inputs(image, probs, message):
     with pytest.raises(ValueError, match=message):
         dense_crf(image, probs, PARAMS)
+
+
+def test_shared_lattice_gives_what_separate_crfs_give():
+    """dense_crf_many builds the pairwise lattice once; the result must not depend on that."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    maps = [rng.random((3, 12, 16)).astype(np.float32) for _ in range(3)]
+    maps = [m / m.sum(0, keepdims=True) for m in maps]
+    shared = dense_crf_many(image, maps, PARAMS)
+    for probs, refined in zip(maps, shared):
+        np.testing.assert_array_equal(refined, dense_crf(image, probs, PARAMS))
+    with pytest.raises(ValueError, match="do not match"):
+        dense_crf_many(image, [maps[0], maps[0][:2]], PARAMS)

@@ -76,11 +76,11 @@ def test_ignore_band_marks_the_uncertain_pixels(dataset):
     _, cam_path = dataset
     with CamReader(cam_path) as reader:
         p1, p2 = reader.read("p1"), reader.read("p2")
-    banded = pseudo_label(None, p1, PseudoLabelSettings(0.3, 0.1, None))
+    banded = pseudo_label(None, p1, PseudoLabelSettings(0.3, 0.1, None, 4))
     assert banded.tolist() == [[0, 255, 255, 3, 3]] * 2 + [[3, 3, 255, 255, 0]] * 2
-    plain = pseudo_label(None, p1, PseudoLabelSettings(0.3, 0.0, None))
+    plain = pseudo_label(None, p1, PseudoLabelSettings(0.3, 0.0, None, 4))
     assert plain.tolist() == [[0, 0, 3, 3, 3]] * 2 + [[3, 3, 3, 0, 0]] * 2
-    np.testing.assert_array_equal(pseudo_label(None, p2, PseudoLabelSettings(0.3, 0.1, None)),
+    np.testing.assert_array_equal(pseudo_label(None, p2, PseudoLabelSettings(0.3, 0.1, None, 4)),
                                   expected_banded(p2.cams, [1, 2], 0.3, 0.1))
 
 

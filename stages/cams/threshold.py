@@ -1,6 +1,8 @@
 """From CAMs to label maps with a constant background score, and the sweep that picks it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -56,3 +58,12 @@ def sweep_thresholds(
             # compare in the CAMs' own precision, as with_background does
             matrix.update(gt, np.where(fg_max > fg_max.dtype.type(t), fg_class, 0).astype(np.uint8))
     return matrices
+
+
+def read_best(path: str | Path) -> tuple[float, float]:
+    """eval_cam's best.json: (best threshold, mIoU at it); a file that lacks them is named."""
+    try:
+        best = json.loads(Path(path).read_text())
+        return float(best["threshold"]), float(best["miou"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: cannot read eval_cam's best threshold ({type(exc).__name__}: {exc})") from exc

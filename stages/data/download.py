@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Mapping
 
 from stages.errors import InputError
 from stages.runtime.progress import progress_bar
@@ -170,3 +171,16 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
         raise
     os.replace(partial, target)
     return target
+
+
+def fetch_and_extract(archives: Mapping[str, Mapping[str, str | None]], download_dir: str | os.PathLike,
+                      target: str | os.PathLike, retries: int, progress: bool = True) -> dict[str, Path]:
+    """Fetch every ``{name: {"url", "md5"}}`` archive into ``download_dir`` and unpack it into
+    ``target/<name>``; name -> that folder. Each step is skipped when already complete."""
+    extracted = {}
+    for name, spec in archives.items():
+        url = str(spec["url"])
+        archive = fetch(url, Path(download_dir) / archive_filename(url), spec.get("md5"), retries,
+                        progress=progress)
+        extracted[name] = safe_extract(archive, Path(target) / name)
+    return extracted

@@ -7,10 +7,11 @@ Layout (format version 2; version 1 files, float16 + gzip, are still read)::
     |           dataset         data set name (DatasetIndex.name)
     |           split           split the CAMs were computed for
     |           classes         class names, background at 0 (array of strings)
-    |           backbone        CAM network backbone
+    |           backbone        CAM network backbone (of an imported file: what the user stated)
     |           scales          inference scales (float array); flip: bool
     |           checkpoint_sha256  short hash of the model file that made the CAMs
-    |           source          the stage that wrote the file (infer_cam)
+    |           source          the stage that wrote the file (infer_cam, refine_irn, or
+    |                           import_cams:<format>:<folder>)
     |           refinement      JSON provenance when the CAM network was refined, e.g.
     |                           {"method": "plmix", "rounds": 3, "from_checkpoint_sha256": ...}; "" if raw
     |           num_images      written last: a file without it was never finished

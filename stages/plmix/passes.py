@@ -86,7 +86,7 @@ def write_round_labels(net: CAMNet, index: DatasetIndex, split: str, threshold: 
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in index.ids(split)[ctx.rank::ctx.world_size] if not (out_dir / f"{i}.png").is_file()]
-    settings = PseudoLabelSettings(threshold=threshold, ignore_band=0.0, crf=crf)
+    settings = PseudoLabelSettings(threshold=threshold, ignore_band=0.0, crf=crf, num_classes=index.num_classes)
     net.eval()
     if todo:
         with progress_bar(total=len(todo), desc=f"pseudo labels {split}", unit="img",

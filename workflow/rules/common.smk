@@ -89,6 +89,8 @@ def dataset_args():
         return "--root results/dataset/toy " + cli(options)
     if kind == "voc":
         return "--root results/dataset/voc " + cli(options)
+    if kind == "coco":
+        return "--root results/dataset/coco " + cli(options)
     return cli(options)
 
 
@@ -105,6 +107,7 @@ def check_dataset_source():
     key, path = {
         "folder": ("path", config["dataset"]["folder"]["path"]),
         "voc": ("devkit", config["dataset"]["voc"]["devkit"]),
+        "coco": ("path", config["dataset"]["coco"]["path"]),
     }.get(kind, (None, None))
     if path is not None and not os.path.isdir(path):
         raise ValueError(
@@ -196,6 +199,30 @@ def check_variants():
 
 
 check_variants()
+
+
+def check_refinement_sources():
+    """A refinement that refines another's CAM files (irn's `source`) must name a refinement of
+    this config, and following sources must end at one that reads none (no cycle); refused before
+    any job, naming the key."""
+    for name in REFINEMENTS:
+        seen, options = [name], REFINEMENTS[name]
+        while "source" in options:
+            source = options["source"]
+            if source not in REFINEMENTS:
+                raise ValueError(
+                    f"refinements.{seen[-1]}.source: {source!r} names no refinement (refinements: "
+                    f"{sorted(REFINEMENTS)})"
+                )
+            if source in seen:
+                raise ValueError(
+                    f"refinements.{name}.source: sources form a cycle {' -> '.join(seen + [source])}"
+                )
+            seen.append(source)
+            options = REFINEMENTS[source]
+
+
+check_refinement_sources()
 
 
 wildcard_constraints:

@@ -1,6 +1,4 @@
 rule refine_plmix:
-    wildcard_constraints:
-        refinement=name_pattern(refinements_of("plmix")),
     input:
         index=INDEX,
         model=CAM_MODEL,
@@ -12,6 +10,8 @@ rule refine_plmix:
         "results/logs/refine/{refinement}.log",
     benchmark:
         "results/benchmarks/refine-{refinement}.tsv"
+    wildcard_constraints:
+        refinement=name_pattern(refinements_of("plmix")),
     threads: 4
     resources:
         gpu=1,
@@ -41,3 +41,77 @@ rule refine_plmix:
         " --checkpoint {input.model} --best {input.best} {params.options} {params.train} {params.cams}"
         " {params.sweep} {params.crf} --crf-workers {threads} --device {params.device}"
         " --out {output.model} --rounds-csv {output.rounds} --state-dir {params.state_dir} > {log} 2>&1"
+
+
+# IRN refinement, part 1 (stages.refine_irn train): the affinity network, from the source's CAMs.
+rule train_irn:
+    input:
+        index=INDEX,
+        cam_model=CAM_MODEL,
+        cams=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/cams_{config['cam']['infer']['split']}.h5",
+        best=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/eval/best.json",
+    output:
+        model="results/refine/{refinement}/affinity.pt",
+        metrics="results/refine/{refinement}/train_metrics.csv",
+    log:
+        "results/logs/train_irn/{refinement}.log",
+    benchmark:
+        "results/benchmarks/train_irn-{refinement}.tsv"
+    wildcard_constraints:
+        refinement=name_pattern(refinements_of("irn")),
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        # Not an output: the confident labels and the training checkpoint survive a killed job.
+        state_dir="results/refine/{refinement}/state",
+        options=lambda wildcards: cli(
+            REFINEMENTS[wildcards.refinement],
+            exclude=("method", "source", "train", "beta", "log_t", "alpha"),
+        ),
+        train=lambda wildcards: cli(REFINEMENTS[wildcards.refinement]["train"]),
+        split=config["cam"]["infer"]["split"],
+        weights=config["cam"]["weights"],
+        crf=cli(config["pseudo_labels"]["crf"]),
+        device=config["device"],
+    shell:
+        LAUNCH
+        + " stages.refine_irn train --index {input.index} --split {params.split} --cams {input.cams}"
+        " --best {input.best} --cam-checkpoint {input.cam_model} --weights {params.weights} {params.options}"
+        " {params.train} {params.crf} --crf-workers {threads} --device {params.device}"
+        " --out {output.model} --metrics {output.metrics} --state-dir {params.state_dir} > {log} 2>&1"
+
+
+# IRN refinement, part 2 (stages.refine_irn walk): the source's CAM file of a split, walked.
+rule refine_irn:
+    input:
+        index=INDEX,
+        model="results/refine/{refinement}/affinity.pt",
+        cams=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/cams_{wildcards.split}.h5",
+    output:
+        "results/refine/{refinement}/cams_{split}.h5",
+    log:
+        "results/logs/refine_irn/{refinement}-{split}.log",
+    benchmark:
+        "results/benchmarks/refine_irn-{refinement}-{split}.tsv"
+    wildcard_constraints:
+        refinement=name_pattern(refinements_of("irn")),
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    params:
+        walk=lambda wildcards: cli(
+            {
+                key: REFINEMENTS[wildcards.refinement][key]
+                for key in ("alpha", "beta", "log_t")
+            }
+        ),
+        device=config["device"],
+    shell:
+        LAUNCH
+        + " stages.refine_irn walk --index {input.index} --split {wildcards.split} --cams {input.cams}"
+        " --model {input.model} {params.walk} --device {params.device} --out {output} > {log} 2>&1"
