@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, planned_jobs, snakemake, write_config
+from stages.io.cam_store import CamReader
 
 TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam", "pseudo_labels",
          "eval_pseudo", "cam_panels", "refine_plmix"}
@@ -51,6 +52,12 @@ def test_end_to_end_outputs(tiny_run):
     assert len(list((results / "cam/panels").glob("*.png"))) == 2
     metrics = pd.read_csv(results / "eval/ce/metrics.csv")
     assert metrics["miou"].between(0, 1).all()
+    # IRN after PL-Mix: its walked CAMs, its own sweep and pseudo labels, in the summary
+    with CamReader(results / "refine/plmix_irn/cams_train_aug.h5") as reader:
+        assert len(reader) == 24 and json.loads(reader.meta.refinement)["method"] == "irn"
+    assert len(list((results / "pseudo_labels/plmix_irn/train_aug").glob("*.png"))) == 24
+    summary = (results / "summary/summary.csv").read_text()
+    assert "plmix_irn" in summary
     # nothing is left to do after a complete run
     assert planned_jobs(workdir, workdir / "config.yaml") == {}
 
@@ -98,7 +105,7 @@ def test_pseudo_labels_cut_each_cam_file_at_its_own_best_threshold(tiny_run):
     """Raw and PL-Mix CAMs get a sweep each; each pseudo-label job reads its own file's best."""
     workdir, cfg = tiny_run
     results = workdir / "results"
-    for refinement, run in (("none", "cam"), ("plmix", "refine/plmix")):
+    for refinement, run in (("none", "cam"), ("plmix", "refine/plmix"), ("plmix_irn", "refine/plmix_irn")):
         best = json.loads((results / run / "eval" / "best.json").read_text())["threshold"]
         log = (results / "logs" / "pseudo_labels" / f"{refinement}-train_aug.log").read_text()
         assert f"(threshold {best:.3f}," in log, (refinement, best, log[-300:])
@@ -107,4 +114,4 @@ def test_pseudo_labels_cut_each_cam_file_at_its_own_best_threshold(tiny_run):
                  if "stages.pseudo_labels" in line and "refine/plmix/cams" in line)
     assert "--best results/refine/plmix/eval/best.json" in plmix
     summary = pd.read_csv(results / "summary" / "summary.csv")
-    assert set(summary[summary["stage"] == "cam"]["name"]) == {"cam", "plmix"}
+    assert set(summary[summary["stage"] == "cam"]["name"]) == {"cam", "plmix", "plmix_irn"}

@@ -59,10 +59,11 @@ rule summary:
         variant_per_class=lambda wildcards, input: " ".join(
             f"{v}={path}" for v, path in zip(VARIANTS, input.variant_per_class)
         ),
-        # variants trained on scribbles have no pseudo labels, and are not listed
+        # variants trained on scribbles have no pseudo labels, and are not listed; sorted, as
+        # the config's order is no setting and must not re-run the summary
         variant_labels=" ".join(
             f"{v}={options['pseudo_labels']}"
-            for v, options in VARIANTS.items()
+            for v, options in sorted(VARIANTS.items())
             if options.get("pseudo_labels") is not None
         ),
         method_outputs=lambda wildcards, input: " ".join(
