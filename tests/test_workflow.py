@@ -14,9 +14,11 @@ TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam
 
 def test_default_config_plans_the_whole_dag(tmp_path):
     jobs = planned_jobs(tmp_path, REPO / "config.yaml")
-    assert TRUNK | {"refine_plmix", "train_seg", "evaluate", "summary", "devices", "all"} == set(jobs)
-    # raw and PL-Mix CAMs: each refinement has its own CAM file, pseudo labels and segmenter
-    assert jobs["infer_cam"] == jobs["pseudo_labels"] == jobs["train_seg"] == 2
+    assert TRUNK | {"refine_plmix", "scribbles", "train_seg", "evaluate", "summary", "devices", "all"} == set(jobs)
+    # raw and PL-Mix CAMs: each refinement has its own CAM file and pseudo labels; one segmenter
+    # per method (ce on each refinement, ugrl, rss, eil)
+    assert jobs["infer_cam"] == jobs["pseudo_labels"] == 2
+    assert jobs["train_seg"] == 5
 
 
 def test_slurm_profile_plans_the_same_dag(tmp_path):
