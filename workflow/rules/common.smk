@@ -256,6 +256,11 @@ def cam_run(refinement):
     )
 
 
+def source_file(wildcards, name):
+    """A file of the CAM run an IRN refinement walks (its `source` refinement's): CAMs, sweep."""
+    return f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/{name}"
+
+
 def refined_cams(wildcards):
     """CAMs that pseudo labels of a refinement read: `none` reads the raw CAMs."""
     return f"results/{cam_run(wildcards.refinement)}/cams_{wildcards.split}.h5"

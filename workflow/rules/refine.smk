@@ -48,8 +48,10 @@ rule train_irn:
     input:
         index=INDEX,
         cam_model=CAM_MODEL,
-        cams=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/cams_{config['cam']['infer']['split']}.h5",
-        best=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/eval/best.json",
+        cams=lambda wildcards: source_file(
+            wildcards, f"cams_{config['cam']['infer']['split']}.h5"
+        ),
+        best=lambda wildcards: source_file(wildcards, "eval/best.json"),
     output:
         model="results/refine/{refinement}/affinity.pt",
         metrics="results/refine/{refinement}/train_metrics.csv",
@@ -89,7 +91,7 @@ rule refine_irn:
     input:
         index=INDEX,
         model="results/refine/{refinement}/affinity.pt",
-        cams=lambda wildcards: f"results/{cam_run(REFINEMENTS[wildcards.refinement]['source'])}/cams_{wildcards.split}.h5",
+        cams=lambda wildcards: source_file(wildcards, f"cams_{wildcards.split}.h5"),
     output:
         "results/refine/{refinement}/cams_{split}.h5",
     log:
