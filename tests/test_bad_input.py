@@ -557,7 +557,7 @@ SCHEMA_CASES = {
     "zero_threshold_step": "cam.eval.threshold_step: 0 is less than or equal to the minimum of 0",
     "scale_range_not_a_pair": "cam.train.scale_range: [0.5] is too short",
     "no_evaluation_scale": "evaluation.scales: [] should be non-empty",
-    "unknown_refinement_method": "refinements.magic.method: 'magic' is not one of ['none', 'plmix']",
+    "unknown_refinement_method": "refinements.magic.method: 'magic' is not one of ['none', 'plmix', 'imported', 'irn']",
     "bad_variant_name": "variants: 'ce-2' does not match",
     "unknown_method_option": "variants.ce3: Additional properties are not allowed ('lr' was unexpected)",
     "bad_md5": "dataset.voc.archives.voc2012_trainval.md5: 'abc' does not match",
@@ -591,6 +591,7 @@ def dry_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
             config = write_config(workdir / "config.yaml", **configs[name])
         return name, snakemake(workdir, "-n", "--cores", "1", config=config, check=False)
 
+    tmp_path_factory.getbasetemp()  # made once here: the threads below would race to create it
     with ThreadPoolExecutor(max_workers=len(configs) + 1) as pool:
         return dict(pool.map(dry_run, [*configs, "yaml_syntax"]))
 

@@ -232,8 +232,9 @@ def test_irn_after_plmix_reads_plmix_cams_and_feeds_a_variant(tmp_path: Path) ->
                        refinements={"irn": {"method": "irn", "source": "plmix", "beta": 10}},
                        variants={"ce_irn": {"method": "ce", "pseudo_labels": "irn"}})
     commands = snakemake(tmp_path, "-n", "-p", "--cores", "1", config=cfg).stdout.splitlines()
-    [train] = [line for line in commands if "stages.refine_irn train" in line]
-    [walk] = [line for line in commands if "stages.refine_irn walk" in line]
+    # (the tiny config has an IRN refinement of its own, plmix_irn)
+    [train] = [line for line in commands if "stages.refine_irn train" in line and "refine/irn/" in line]
+    [walk] = [line for line in commands if "stages.refine_irn walk" in line and "refine/irn/" in line]
     assert not [line for line in commands if "stages.infer_cam" in line and "refine/irn" in line]
     assert any("stages.train_seg" in line and "--pseudo-labels results/pseudo_labels/irn/" in line
                for line in commands)
