@@ -12,8 +12,8 @@ other label getting 0.3 / (C - 1) (this project's choice): IRN splits it among t
 only, which makes the unary of a two-label image 0.7 / 0.3 and lets the bilateral kernel overrule
 it far more than on an image with many classes. With this split the CRF over present labels
 gives the labels of the CRF over all C labels (99.98% of pixels on voc-aug) at a fraction of the
-cost, and its pseudo labels scored +0.045 mIoU over IRN's split on voc-aug and +0.003 on the toy
-set (benchmarks/README.md). A unary made from the CAM scores themselves is weaker where a CAM is
+cost, and its pseudo labels scored +0.044 mIoU over IRN's split on voc-aug (benchmarks/crf.py,
+benchmarks/README.md). A unary made from the CAM scores themselves is weaker where a CAM is
 near the threshold and let the bilateral kernel flood objects in our measurements on voc-sample.
 """
 from __future__ import annotations
