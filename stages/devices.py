@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from stages.errors import run_stage
 from stages.io.atomic import write_text
+from stages.runtime.distributed import native_bf16
 
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                     "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
@@ -45,6 +46,7 @@ def device_report() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": native_bf16(torch.device("cpu")),  # what precision `auto` picks on this CPU
         "launch": {k: os.environ[k] for k in LAUNCH_VARIABLES if k in os.environ},
         "slurm": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SLURM_")},
     }

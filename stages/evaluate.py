@@ -28,7 +28,7 @@ from stages.io.label_png import colorize, read_label, write_label
 from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, dense_crf
 from stages.methods.registry import load_trained_model
 from stages.metrics.confusion import ConfusionMatrix
-from stages.runtime.distributed import DistContext, autocast, distributed_session
+from stages.runtime.distributed import DistContext, add_device_arguments, autocast, distributed_session
 from stages.runtime.progress import progress_bar
 
 SINGLE, MULTISCALE, MULTISCALE_CRF = "single", "multiscale", "multiscale+crf"
@@ -114,8 +114,12 @@ def write_panel(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
 def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence[float], flip: bool,
              crf: CRFParams | None, ctx: DistContext, prediction_dir: Path, panel_dir: Path,
              panels: int) -> StreamingEvaluation:
-    """Stream the split through the model, scoring every mode and writing PNGs as it goes."""
-    modes = [SINGLE, MULTISCALE] + ([MULTISCALE_CRF] if crf else [])
+    """Stream the split through the model, scoring every mode and writing PNGs as it goes.
+
+    Multi-scale is scored only when ``scales`` and ``flip`` make it differ from the single pass.
+    """
+    multi_scale = flip or list(scales) != [1.0]
+    modes = [SINGLE] + ([MULTISCALE] if multi_scale else []) + ([MULTISCALE_CRF] if crf else [])
     result = StreamingEvaluation(modes, index.num_classes)
     for i, image_id in enumerate(progress_bar(index.ids(split), desc=f"evaluate {split}")):
         image = load_rgb(index.image_path(image_id))
@@ -124,8 +128,9 @@ def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence
             raise InputError(f"{index.mask_path(image_id, split)}: mask size {gt.shape} != image size "
                              f"{image.shape[:2]}")
         single, multi = predict_probs(model, image, scales, flip, ctx)
-        predictions = {SINGLE: single.argmax(0).numpy().astype(np.uint8),
-                       MULTISCALE: multi.argmax(0).numpy().astype(np.uint8)}
+        predictions = {SINGLE: single.argmax(0).numpy().astype(np.uint8)}
+        if multi_scale:
+            predictions[MULTISCALE] = multi.argmax(0).numpy().astype(np.uint8)
         if crf:
             predictions[MULTISCALE_CRF] = crf_labels(image, multi.numpy(), crf)
         result.update(gt, predictions)
@@ -150,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-per-class", type=Path, required=True)
     p.add_argument("--out-predictions", type=Path, required=True)
     p.add_argument("--out-panels", type=Path, required=True)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_arguments(p)
     args = p.parse_args(argv)
     args.crf_params = None
     if args.crf:
@@ -164,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
-    with distributed_session(args.device) as ctx:
+    with distributed_session(args.device, args.precision) as ctx:
         model, meta = load_trained_model(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"classes": index.classes})
         with atomic_dir(args.out_predictions) as pred_dir, \

@@ -15,7 +15,7 @@ from stages.errors import MissingEntryError, run_stage
 from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
 from stages.io.checkpoint import check_meta, file_sha256
 from stages.models.cam_net import load_cam_net
-from stages.runtime.distributed import barrier, distributed_session
+from stages.runtime.distributed import add_device_arguments, barrier, distributed_session
 from stages.runtime.progress import progress_bar
 
 
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scales", type=float, nargs="+", required=True)
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, required=True)
     p.add_argument("--out", required=True, help="HDF5 CAM file to write")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (per process)")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes")
     return p.parse_args(argv)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if unlabelled:
         raise MissingEntryError(f"{args.index}: {len(unlabelled)} id(s) of split {args.split!r} have no "
                        f"image-level labels, e.g. {unlabelled[:5]}")
-    with distributed_session(args.device) as ctx:
+    with distributed_session(args.device, args.precision) as ctx:
         net, meta = load_cam_net(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"dataset": index.name, "classes": list(index.classes)})
         file_meta = CamFileMeta(

@@ -6,18 +6,23 @@ silent) and writes a CAM network file in train_cam's format, so that
 ``python -m stages.infer_cam --checkpoint <out>`` gives the refined CAMs. Its meta gains
 ``refinement`` = {method, rounds, from_checkpoint_sha256, final_threshold}.
 
+Round 1's pseudo labels come from ``--cams``, infer_cam's file of the input network, when given:
+the same CAMs (stored at 8 bits) without a second pass of the network over the split.
+
 Resumable: rounds done are kept in ``--state-dir``, and a round in progress resumes from the
 trainer's checkpoint there. Runs under ``torchrun`` like train_cam.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
-from stages.errors import run_stage
+from stages.errors import InputError, run_stage
+from stages.io.cam_store import CamReader
 from stages.io.checkpoint import check_meta, file_sha256, save_model
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
@@ -36,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     io.add_argument("--eval-split", required=True, help="split with masks for the threshold sweep (train)")
     io.add_argument("--checkpoint", type=Path, required=True, help="CAM network file of train_cam")
     io.add_argument("--best", type=Path, required=True, help='eval_cam\'s JSON {"threshold": t, "miou": m}')
+    io.add_argument("--cams", type=Path,
+                    help="infer_cam's CAM file of --split from --checkpoint: round 1's pseudo labels come "
+                         "from it instead of a pass of the network")
     io.add_argument("--out", type=Path, required=True, help="refined CAM network file, written at the end")
     io.add_argument("--rounds-csv", type=Path, required=True, help="one row per round (round 0 = input)")
     io.add_argument("--state-dir", type=Path, required=True, help="resumable round state")
@@ -93,6 +101,19 @@ def plmix_settings_from(args: argparse.Namespace) -> PLMixSettings:
         threshold_range=(args.threshold_start, args.threshold_stop, args.threshold_step))
 
 
+def check_input_cams(cams: CamReader, args: argparse.Namespace, settings: PLMixSettings, source_sha: str,
+                     index: DatasetIndex) -> None:
+    """Round 1 may read the CAM file only if a pass of the input network would give its CAMs."""
+    expected = {"checkpoint_sha256": (cams.meta.checkpoint_sha256, source_sha),
+                "split": (cams.meta.split, args.split),
+                "scales": (tuple(cams.meta.scales), settings.scales), "flip": (cams.meta.flip, settings.flip)}
+    for name, (found, wanted) in expected.items():
+        if found != wanted:
+            raise InputError(f"{args.cams}: CAMs made with {name} {found!r}, not this refinement's {wanted!r} "
+                             f"(--checkpoint {args.checkpoint}, --split, --scales, --flip)")
+    cams.check_matches(index, index.ids(args.split))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
@@ -100,18 +121,23 @@ def main(argv: list[str] | None = None) -> None:
     settings = plmix_settings_from(args)
     training = settings_from(args)
     ops = Operations(crf_workers=args.crf_workers, infer_batch_size=args.infer_batch_size)
-    with distributed_session(args.device) as ctx:
+    with distributed_session(args.device, args.precision) as ctx:
         net, source_meta = load_cam_net(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, source_meta, {"dataset": index.name, "classes": list(index.classes)})
         source_sha = file_sha256(args.checkpoint)
         meta = state_meta(settings, {"from_checkpoint_sha256": source_sha, "start_threshold": start[0],
                                      "split": args.split, "eval_split": args.eval_split,
                                      "train": training.meta(ctx.world_size)})
-        try:
-            state = run_rounds(net, index, args.split, args.eval_split, start, settings, training, ops,
-                               args.state_dir, args.rounds_csv, meta, source_meta, ctx)
-        except NonFiniteLossError as exc:
-            sys.exit(f"refine: {exc}; no model written to {args.out}")
+        with contextlib.ExitStack() as stack:
+            cams = None
+            if args.cams is not None:
+                cams = stack.enter_context(CamReader(args.cams))
+                check_input_cams(cams, args, settings, source_sha, index)
+            try:
+                state = run_rounds(net, index, args.split, args.eval_split, start, settings, training, ops,
+                                   args.state_dir, args.rounds_csv, meta, source_meta, ctx, input_cams=cams)
+            except NonFiniteLossError as exc:
+                sys.exit(f"refine: {exc}; no model written to {args.out}")
         if ctx.is_main:
             refinement = refinement_meta(args.rounds, source_sha, state.threshold)
             save_model(args.out, net, {**source_meta, "refinement": refinement})

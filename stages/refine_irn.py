@@ -35,7 +35,7 @@ from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import load_cam_net
 from stages.models.decoders import DECODERS
 from stages.models.segmenter import init_backbone_from_cam
-from stages.runtime.distributed import barrier, distributed_session
+from stages.runtime.distributed import add_device_arguments, barrier, distributed_session
 from stages.runtime.progress import progress_bar
 from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import train_loop
@@ -82,7 +82,7 @@ def add_walk_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, required=True, help="power of the affinities")
     p.add_argument("--log-t", type=int, required=True, help="the walk takes 2^log_t steps")
     p.add_argument("--alpha", type=float, required=True, help="background score (1 - max CAM)^alpha")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(p)
     p.add_argument("--workers", type=int, default=0, help="image decoding processes")
 
 
@@ -111,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
                         "none" if args.init == "cam" else args.weights)
     labels_meta = {"cams_sha256": file_sha256(args.cams), "split": args.split, "bg": bg, "fg": fg,
                    "crf": dataclasses.asdict(crf) if crf else None}
-    with distributed_session(args.device) as ctx:
+    with distributed_session(args.device, args.precision) as ctx:
         confident = confident_label_settings(bg, fg, crf, index.num_classes)
         labels = write_confident_labels(index, args.cams, args.split, confident, args.state_dir, labels_meta,
                                         args.crf_workers, ctx)
@@ -141,7 +141,7 @@ def walk(args: argparse.Namespace) -> None:
     index = DatasetIndex.load(args.index)
     ids = index.ids(args.split)
     settings = WalkSettings(beta=args.beta, log_t=args.log_t, alpha=args.alpha)
-    with CamReader(args.cams) as source, distributed_session(args.device) as ctx:
+    with CamReader(args.cams) as source, distributed_session(args.device, args.precision) as ctx:
         source.check_matches(index, ids)
         net, meta = load_affinity_net(args.model, ctx.device)
         check_meta(args.model, meta, {"dataset": index.name, "classes": list(index.classes)})

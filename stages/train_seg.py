@@ -21,7 +21,7 @@ from stages.errors import InputError, run_stage
 from stages.io.checkpoint import file_sha256, save_model
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
-from stages.models.decoders import DECODERS
+from stages.models.decoders import DECODER_CHANNELS, DECODERS
 from stages.models.segmenter import SegmenterSpec, init_backbone_from_cam, init_from_segmenter
 from stages.runtime.distributed import DistContext, distributed_session
 from stages.runtime.settings import add_training_arguments, settings_from
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", required=True)
     p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet or a weights file")
     p.add_argument("--decoder", required=True, choices=sorted(DECODERS))
+    p.add_argument("--decoder-width", type=int, default=DECODER_CHANNELS, help="channels of the decoder's layers")
     p.add_argument("--out", type=Path, required=True, help="final model file (written when training is done)")
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state")
     p.add_argument("--metrics", type=Path, required=True, help="per-step metrics CSV")
@@ -71,7 +72,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
         raise InputError(f"method {method.name!r} needs {', '.join(missing)}")
     settings = settings_from(args)
     torch.manual_seed(settings.seed)
-    spec = SegmenterSpec(args.backbone, args.decoder, index.num_classes, args.weights)
+    spec = SegmenterSpec(args.backbone, args.decoder, index.num_classes, args.weights, args.decoder_width)
     model = method.build_model(spec, inputs)
     if args.init_from_cam is not None:
         init_backbone_from_cam(model.backbone, spec.backbone, args.init_from_cam)
@@ -85,7 +86,8 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     init = args.init_from_cam or args.init_from_model
     meta = {
         "method": method.name, "method_options": args.method_options, "backbone": spec.backbone,
-        "weights": spec.weights, "decoder": spec.decoder, "classes": index.classes,
+        "weights": spec.weights, "decoder": spec.decoder,
+        "decoder_width": spec.decoder_width, "classes": index.classes,
         "dataset": index.name, "split": args.split,
         "init": {"from": "cam" if args.init_from_cam else "model" if args.init_from_model else None,
                  "sha256": file_sha256(init) if init else None},
@@ -106,7 +108,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with distributed_session(args.device) as ctx:
+    with distributed_session(args.device, args.precision) as ctx:
         train(args, ctx)
 
 

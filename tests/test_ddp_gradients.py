@@ -54,7 +54,7 @@ def gradients_after_one_step(index_path: Path, labels: Path, out_dir: Path, batc
     dataset = SegmentationDataset(index, "train_aug", label_dir_source(labels, ids),
                                   AugmentConfig(crop_size=40, scale_range=(1.0, 1.0)), seed=0)
     settings = TrainSettings(steps=1, batch_size=batch_size, checkpoint_every=1, lr=0.01, weight_decay=0.0)
-    with distributed_session("cpu") as ctx:
+    with distributed_session("cpu", "fp32") as ctx:  # to 1e-4: finer than bf16 rounds
         train_loop(model, method, dataset, settings, ctx, out_dir / f"ckpt{ctx.world_size}.pt",
                    out_dir / f"metrics{ctx.world_size}.csv", meta={})
     return {name: p.grad.clone() for name, p in model.named_parameters()}

@@ -144,6 +144,16 @@ def test_stage_end_to_end(toy_model, tmp_path: Path, crf: bool) -> None:
     assert not list(tmp_path.glob(".*tmp*")), "temporary folders left behind"
 
 
+def test_one_scale_without_flip_scores_the_single_pass_only(toy_model, tmp_path: Path) -> None:
+    index, model = toy_model
+    argv = stage_args(index, model, tmp_path, crf=False)
+    start = argv.index("--scales")
+    argv[start:start + 5] = ["--scales", "1.0", "--no-flip"]
+    evaluate.main(argv)
+    assert pd.read_csv(tmp_path / "metrics.csv")["mode"].tolist() == ["single"]
+    assert "multiscale" not in pd.read_csv(tmp_path / "per_class.csv").columns
+
+
 def test_stage_refuses_other_class_list_and_half_crf_params(toy_model, tmp_path: Path, capsys) -> None:
     index, model = toy_model
     with pytest.raises(SystemExit):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import stages.plmix.passes
 from conftest import pipeline_env, sigkill_when, stage_argv
 from stages import infer_cam, refine, train_cam
 from stages.data.index import DatasetIndex
@@ -99,6 +100,32 @@ def test_rounds_give_a_cam_network_for_infer_cam(cam_run: Path, refined: Path, t
     with CamReader(cams) as reader:
         assert sorted(reader.ids()) == sorted(index.ids("train"))
         assert reader.meta.checkpoint_sha256 == file_sha256(refined / "refined.pt")
+
+
+def test_round_one_labels_come_from_the_input_networks_cam_file(cam_run: Path, refined: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """With infer_cam's file of the input network, round 1 skips its pass over the split and
+    labels as the pass would (the file's 8-bit CAMs move a few boundary pixels at most)."""
+    cams = tmp_path / "cams.h5"
+    infer_cam.main(["--index", str(cam_run / "index.json"), "--checkpoint", str(cam_run / "model.pt"),
+                    "--split", "train_aug", "--scales", "1.0", "--no-flip", "--out", str(cams), "--device", "cpu"])
+    passes = []
+    original = stages.plmix.passes.write_cams
+    monkeypatch.setattr(stages.plmix.passes, "write_cams", lambda *a, **k: passes.append(a[2]) or original(*a, **k))
+    refine.main(cli_args(cam_run, tmp_path / "from_file", rounds=1, cams=cams))
+    index = DatasetIndex.load(cam_run / "index.json")
+    assert passes == [index.ids("train")]  # the sweep's pass only
+    agree = total = 0
+    for path in sorted((refined / "state" / "round1" / "labels").glob("*.png")):
+        ours = read_label(tmp_path / "from_file" / "state" / "round1" / "labels" / path.name)
+        agree, total = agree + int((ours == read_label(path)).sum()), total + ours.size
+    assert agree / total > 0.99
+
+    flipped = tmp_path / "flipped.h5"
+    infer_cam.main(["--index", str(cam_run / "index.json"), "--checkpoint", str(cam_run / "model.pt"),
+                    "--split", "train_aug", "--scales", "1.0", "--flip", "--out", str(flipped), "--device", "cpu"])
+    with pytest.raises(ValueError, match=r"flipped\.h5: CAMs made with flip True, not this refinement's False"):
+        refine.main(cli_args(cam_run, tmp_path / "bad", rounds=1, cams=flipped))
 
 
 def test_more_rounds_continue_and_fewer_take_an_earlier_round(cam_run: Path, refined: Path, capsys) -> None:

@@ -21,6 +21,27 @@ def test_logits_at_input_size(backbone: str, decoder: str) -> None:
     assert out.shape == (1, 5, 72, 100)
 
 
+@pytest.mark.parametrize("decoder", ["aspp", "mlp", "sfpnext"])
+def test_decoder_width_sets_the_features_and_the_cost(decoder: str) -> None:
+    wide = Segmenter(SegmenterSpec("resnet18", decoder, num_classes=5)).eval()
+    narrow = Segmenter(SegmenterSpec("resnet18", decoder, num_classes=5, decoder_width=64)).eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        features = narrow.decoder.features(narrow.backbone(x))
+        assert narrow(x).shape == wide(x).shape == (1, 5, 64, 80)
+    expected = 32 if decoder == "sfpnext" else 64  # sfpnext's heads are half its FPN's width
+    assert features.shape[1] == expected == narrow.decoder.classifier.in_channels
+
+    def count(model):
+        return sum(p.numel() for p in model.decoder.parameters())
+    assert count(narrow) < count(wide) / 4
+
+
+def test_sfpnext_refuses_a_width_its_group_norm_cannot_split() -> None:
+    with pytest.raises(ValueError, match="sfpnext: decoder width 96 must be a multiple of 64"):
+        Segmenter(SegmenterSpec("resnet18", "sfpnext", num_classes=5, decoder_width=96))
+
+
 def test_decoder_learning_rate_group() -> None:
     model = Segmenter(SegmenterSpec("resnet18", "mlp", num_classes=3))
     backbone, decoder = model.param_groups(head_lr_mult=10.0)

@@ -77,9 +77,10 @@ def test_trains_writes_model_metrics_and_inits_from_cam(toy, tmp_path: Path) -> 
     save_checkpoint(tmp_path / "cam.pt", {"model": cam.state_dict(), "meta": cam_meta})
     # lr 0: the copied backbone must come out of training untouched (BN running stats aside)
     train_seg.main(cli_args(index_path, labels, tmp_path, init_from_cam=tmp_path / "cam.pt", lr=0.0,
-                            decoder="aspp"))
+                            decoder="aspp", decoder_width=32))
     model, meta = load_trained_model(tmp_path / "model.pt", "cpu")
     assert meta["method"] == "ce" and meta["decoder"] == "aspp" and meta["init"]["from"] == "cam"
+    assert meta["decoder_width"] == 32 and model.decoder.classifier.in_channels == 32
     cam_state = cam.backbone.state_dict()
     for name, value in model.backbone.state_dict().items():
         if "running" not in name and "num_batches" not in name:
@@ -145,6 +146,6 @@ def test_cold_start_from_another_segmenter(toy, tmp_path: Path) -> None:
     for name, value in warm["model"].items():
         if "running" not in name and "num_batches" not in name:
             assert torch.equal(value, first[name]), name
-    with pytest.raises(ValueError, match=r"first/model\.pt: a resnet18/mlp ce model does not fit"):
+    with pytest.raises(ValueError, match=r"first/model\.pt: a resnet18/mlp \(width 256\) ce model does not fit"):
         train_seg.main(cli_args(index_path, labels, tmp_path / "other", decoder="aspp",
                                 init_from_model=tmp_path / "first" / "model.pt"))

@@ -1,5 +1,6 @@
 """The workflow as a user runs it: dry runs of the DAG, then one tiny run end to end."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -19,6 +20,24 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     # per method (ce on each refinement, ugrl, rss, eil)
     assert jobs["infer_cam"] == jobs["pseudo_labels"] == 2
     assert jobs["train_seg"] == 5
+
+
+def test_jobs_after_train_cam_run_side_by_side_on_few_cores_in_the_configured_precision(tmp_path):
+    """On 2 cores every job after train_cam takes one thread, so two run at once; on 8, more each.
+    Every stage that runs a network gets the config's precision."""
+    def threads(cores: str) -> dict[str, set[str]]:
+        out = snakemake(tmp_path, "-n", "-p", "--cores", cores, config=REPO / "config.yaml").stdout
+        with_device = [line for line in out.splitlines() if "--device" in line]
+        assert len(with_device) >= 10 and all("--device auto --precision auto" in line for line in with_device)
+        seen: dict[str, set[str]] = {}
+        pattern = r"OMP_NUM_THREADS=(\d+) python -m (?:stages\.launch --gpus \d+ )?stages\.(\w+)"
+        for n, stage in re.findall(pattern, out):
+            seen.setdefault(stage, set()).add(n)
+        return seen
+
+    two, eight = threads("2"), threads("8")
+    assert two["train_cam"] == {"2"} and two["train_seg"] == two["evaluate"] == two["refine"] == {"1"}
+    assert eight["train_cam"] == eight["train_seg"] == eight["refine"] == {"4"} and eight["pseudo_labels"] == {"4"}
 
 
 def test_slurm_profile_plans_the_same_dag(tmp_path):

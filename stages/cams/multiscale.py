@@ -93,7 +93,7 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
     loader = DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers)
     for batch_ids, images in same_size_batches(loader, batch_size):
         images = images.to(ctx.device, non_blocking=True)
-        if ctx.on_gpu:
+        if ctx.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(ctx):
             cams = multiscale_cams(net, images, scales, flip)

@@ -16,6 +16,7 @@ from stages.methods.ce import CrossEntropy
 from stages.methods.eil import EIL
 from stages.methods.rss import RSS
 from stages.methods.ugrl import UGRL
+from stages.models.decoders import DECODER_CHANNELS
 from stages.models.segmenter import SegmenterSpec
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CrossEntropy, EIL, RSS, UGRL)}
@@ -63,7 +64,9 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device) -> t
                          f"a CAM network file?)")
     method = get_method(meta["method"], meta["method_options"])
     # weights="none" and no inputs: the saved state replaces whatever the model started from
-    spec = SegmenterSpec(backbone=meta["backbone"], decoder=meta["decoder"], num_classes=len(meta["classes"]))
+    # files written before the width option have the default width
+    spec = SegmenterSpec(backbone=meta["backbone"], decoder=meta["decoder"], num_classes=len(meta["classes"]),
+                         decoder_width=meta.get("decoder_width", DECODER_CHANNELS))
     model = method.build_model(spec, None)
     try:
         model.load_state_dict(state["model"])

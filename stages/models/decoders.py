@@ -29,13 +29,12 @@ from torch import nn
 
 from stages.errors import InputError
 
-DECODER_CHANNELS = 256  # DeepLabV3+ and SegFormer-B0/B1 both use 256
+DECODER_CHANNELS = 256  # the default width: DeepLabV3+ and SegFormer-B0/B1 both use 256
 ASPP_RATES_AT_STRIDE_16 = (6, 12, 18)
 LOW_LEVEL_CHANNELS = 48  # DeepLabV3+'s reduction of the stride-4 features
 
-
-
-DecoderFactory = Callable[[list[int], list[int], int], nn.Module]
+# (channels, reductions, num_classes, width) -> decoder
+DecoderFactory = Callable[[list[int], list[int], int, int], nn.Module]
 DECODERS: dict[str, DecoderFactory] = {}
 
 
@@ -49,10 +48,16 @@ def register_decoder(name: str) -> Callable[[DecoderFactory], DecoderFactory]:
     return add
 
 
-def create_decoder(name: str, channels: list[int], reductions: list[int], num_classes: int) -> nn.Module:
+def create_decoder(name: str, channels: list[int], reductions: list[int], num_classes: int,
+                   width: int = DECODER_CHANNELS) -> nn.Module:
+    """The decoder ``name``, ``width`` channels wide (config ``seg.decoder_width``).
+
+    The width sets the cost of the stride-4 layers, which dominate a small backbone's forward
+    pass: the published 256 suits a GPU, a narrower one a first look on a CPU.
+    """
     if name not in DECODERS:
         raise InputError(f"unknown decoder {name!r} (use one of {', '.join(sorted(DECODERS))})")
-    return DECODERS[name](channels, reductions, num_classes)
+    return DECODERS[name](channels, reductions, num_classes, width)
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -86,20 +91,18 @@ class ASPP(nn.Module):
 
 @register_decoder("aspp")
 class ASPPDecoder(nn.Module):
-    def __init__(self, channels: list[int], reductions: list[int], num_classes: int) -> None:
+    def __init__(self, channels: list[int], reductions: list[int], num_classes: int, width: int) -> None:
         super().__init__()
         self.low = stride4_index(reductions)
         scale = 16 / reductions[-1]
         rates = tuple(max(1, round(r * scale)) for r in ASPP_RATES_AT_STRIDE_16)
-        self.aspp = ASPP(channels[-1], DECODER_CHANNELS, rates)
+        self.aspp = ASPP(channels[-1], width, rates)
         self.reduce_low = conv_bn_relu(channels[self.low], LOW_LEVEL_CHANNELS)
-        self.fuse = nn.Sequential(
-            conv_bn_relu(DECODER_CHANNELS + LOW_LEVEL_CHANNELS, DECODER_CHANNELS, 3),
-            conv_bn_relu(DECODER_CHANNELS, DECODER_CHANNELS, 3))
-        self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(width + LOW_LEVEL_CHANNELS, width, 3), conv_bn_relu(width, width, 3))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The fused DECODER_CHANNELS-wide map the classifier reads (methods put heads on it)."""
+        """The fused ``width``-wide map the classifier reads (methods put heads on it)."""
         low = self.reduce_low(feats[self.low])
         high = F.interpolate(self.aspp(feats[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.fuse(torch.cat([high, low], dim=1))
@@ -110,15 +113,15 @@ class ASPPDecoder(nn.Module):
 
 @register_decoder("mlp")
 class MLPDecoder(nn.Module):
-    def __init__(self, channels: list[int], reductions: list[int], num_classes: int) -> None:
+    def __init__(self, channels: list[int], reductions: list[int], num_classes: int, width: int) -> None:
         super().__init__()
         self.first = stride4_index(reductions)
-        self.project = nn.ModuleList(nn.Conv2d(c, DECODER_CHANNELS, 1) for c in channels[self.first:])
-        self.fuse = conv_bn_relu(DECODER_CHANNELS * len(self.project), DECODER_CHANNELS)
-        self.classifier = nn.Conv2d(DECODER_CHANNELS, num_classes, 1)
+        self.project = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels[self.first:])
+        self.fuse = conv_bn_relu(width * len(self.project), width)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The fused DECODER_CHANNELS-wide map the classifier reads (methods put heads on it)."""
+        """The fused ``width``-wide map the classifier reads (methods put heads on it)."""
         feats = feats[self.first:]
         size = feats[0].shape[-2:]
         outs = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
@@ -129,7 +132,7 @@ class MLPDecoder(nn.Module):
         return self.classifier(self.features(feats))
 
 
-SFPN_HEAD_CHANNELS = 128  # Semantic FPN's per-level head width (its FPN is DECODER_CHANNELS wide)
+SFPN_HEAD_RATIO = 2  # Semantic FPN's per-level heads are half its FPN's width (128 of 256)
 SFPN_GROUPS = 32  # GroupNorm groups in the Semantic FPN head
 ATTENTION_HEADS = 8
 ATTENTION_MLP_RATIO = 4
@@ -164,22 +167,25 @@ def conv_gn_relu(cin: int, cout: int) -> nn.Sequential:
 
 @register_decoder("sfpnext")
 class SFPNeXtDecoder(nn.Module):
-    def __init__(self, channels: list[int], reductions: list[int], num_classes: int) -> None:
+    def __init__(self, channels: list[int], reductions: list[int], num_classes: int, width: int) -> None:
         super().__init__()
+        head = width // SFPN_HEAD_RATIO
+        if head % SFPN_GROUPS or width % ATTENTION_HEADS:
+            raise InputError(f"sfpnext: decoder width {width} must be a multiple of "
+                             f"{SFPN_GROUPS * SFPN_HEAD_RATIO} (GroupNorm groups of its heads)")
         self.first = stride4_index(reductions)
         used = channels[self.first:]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, DECODER_CHANNELS, 1) for c in used)
-        self.attention = SelfAttentionBlock(DECODER_CHANNELS, ATTENTION_HEADS, ATTENTION_MLP_RATIO)
-        self.smooth = nn.ModuleList(nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1) for _ in used)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in used)
+        self.attention = SelfAttentionBlock(width, ATTENTION_HEADS, ATTENTION_MLP_RATIO)
+        self.smooth = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in used)
         # level k (0 = finest) needs k upsampling stages; the finest still gets one conv
         self.heads = nn.ModuleList(
-            nn.ModuleList(conv_gn_relu(DECODER_CHANNELS if j == 0 else SFPN_HEAD_CHANNELS, SFPN_HEAD_CHANNELS)
-                          for j in range(max(1, k)))
+            nn.ModuleList(conv_gn_relu(width if j == 0 else head, head) for j in range(max(1, k)))
             for k in range(len(used)))
-        self.classifier = nn.Conv2d(SFPN_HEAD_CHANNELS, num_classes, 1)
+        self.classifier = nn.Conv2d(head, num_classes, 1)
 
     def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The summed SFPN_HEAD_CHANNELS-wide stride-4 map the classifier reads."""
+        """The summed stride-4 map (half the decoder's width) the classifier reads."""
         laterals = [conv(f) for conv, f in zip(self.lateral, feats[self.first:])]
         laterals[-1] = self.attention(laterals[-1])
         for k in range(len(laterals) - 2, -1, -1):  # top-down pathway

@@ -17,7 +17,7 @@ from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.models.backbones import create_backbone
 from stages.models.cam_net import load_cam_net
-from stages.models.decoders import create_decoder
+from stages.models.decoders import DECODER_CHANNELS, create_decoder
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class SegmenterSpec:
     decoder: str
     num_classes: int  # including background
     weights: str = "none"
+    decoder_width: int = DECODER_CHANNELS
 
 
 class Segmenter(nn.Module):
@@ -36,7 +37,8 @@ class Segmenter(nn.Module):
         self.spec = spec
         self.backbone = create_backbone(spec.backbone, spec.weights)
         info = self.backbone.feature_info
-        self.decoder = create_decoder(spec.decoder, info.channels(), info.reduction(), spec.num_classes)
+        self.decoder = create_decoder(spec.decoder, info.channels(), info.reduction(), spec.num_classes,
+                                      spec.decoder_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.backbone(x))
@@ -73,6 +75,7 @@ def init_from_segmenter(model: nn.Module, path: str | os.PathLike) -> dict:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         meta = state["meta"]
-        raise InputError(f"{path}: a {meta.get('backbone')}/{meta.get('decoder')} {meta.get('method')} model "
+        raise InputError(f"{path}: a {meta.get('backbone')}/{meta.get('decoder')} "
+                         f"(width {meta.get('decoder_width', DECODER_CHANNELS)}) {meta.get('method')} model "
                          f"does not fit this one: {str(exc).splitlines()[0]}") from exc
     return state["meta"]

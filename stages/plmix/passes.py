@@ -22,7 +22,7 @@ from stages.cams.threshold import sweep_thresholds
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.errors import InputError
-from stages.io.cam_store import CamEntry
+from stages.io.cam_store import CamEntry, CamReader
 from stages.io.label_png import read_label, write_label
 from stages.labels.crf import CRFParams
 from stages.labels.pseudo import PseudoLabelSettings, pseudo_label
@@ -78,9 +78,12 @@ class _LabelSink:
 
 
 def write_round_labels(net: CAMNet, index: DatasetIndex, split: str, threshold: float, crf: CRFParams,
-                       inference: CamInference, out_dir: Path, ctx: DistContext, crf_workers: int) -> None:
+                       inference: CamInference, out_dir: Path, ctx: DistContext, crf_workers: int,
+                       cams: CamReader | None = None) -> None:
     """<id>.png pseudo labels (CRF at background score ``threshold``) for every image of ``split``.
 
+    The CAMs come from a pass of ``net``, or from ``cams`` when that file holds this very
+    network's CAMs (round 1: infer_cam's file of the input network; the caller checks it).
     Each PNG is written atomically, so ids whose PNG exists are complete and skipped: a killed
     pass resumes where it stopped.
     """
@@ -95,8 +98,13 @@ def write_round_labels(net: CAMNet, index: DatasetIndex, split: str, threshold: 
             pool = mp.get_context("fork").Pool(crf_workers) if crf_workers > 1 else None
             try:
                 sink = _LabelSink(index, settings, out_dir, pool, crf_workers)
-                write_cams(net, index, todo, sink, inference.scales, inference.flip, inference.batch_size,
-                           ctx, workers=inference.workers, on_batch=bar.update)
+                if cams is None:
+                    write_cams(net, index, todo, sink, inference.scales, inference.flip, inference.batch_size,
+                               ctx, workers=inference.workers, on_batch=bar.update)
+                else:
+                    for image_id, entry in cams.entries(todo):
+                        sink.write(image_id, entry.cams, entry.class_indices)
+                        bar.update(1)
                 sink.finish()
             finally:
                 if pool is not None:

@@ -31,6 +31,7 @@ from stages.cams.threshold import threshold_grid
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
 from stages.io.atomic import atomic_path
+from stages.io.cam_store import CamReader
 from stages.io.checkpoint import load_checkpoint, save_model
 from stages.labels.crf import CRFParams
 from stages.models.cam_net import CAMNet
@@ -137,12 +138,15 @@ def _best_threshold(net: CAMNet, index: DatasetIndex, eval_split: str, settings:
 
 def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, start: tuple[float, float],
                settings: PLMixSettings, training: TrainSettings, ops: Operations, state_dir: Path,
-               rounds_csv: Path, meta: dict[str, Any], net_meta: dict[str, Any], ctx: DistContext) -> RoundState:
+               rounds_csv: Path, meta: dict[str, Any], net_meta: dict[str, Any], ctx: DistContext,
+               input_cams: CamReader | None = None) -> RoundState:
     """Refine ``net`` in place for ``settings.rounds`` rounds, resuming from ``state_dir``.
 
     ``start`` is eval_cam's (best threshold, its mIoU) for the unrefined network: round 1's
     ``camT``, and row 0 of the rounds table. ``meta`` holds the settings (``state_meta``),
     ``net_meta`` the input network's meta, which each round's model file carries on.
+    ``input_cams``, the unrefined network's CAM file of ``split`` (infer_cam's, with the
+    settings' scales and flip), gives round 1's labels without a pass of the network.
     ``rounds_csv`` is rewritten after every round.
     """
     store = RoundStore(state_dir, meta, ctx)
@@ -160,7 +164,7 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
         if ctx.is_main:
             print(f"round {r}/{settings.rounds}: pseudo labels at camT {camT:.3f}", file=sys.stderr)
         write_round_labels(net, index, split, camT, settings.crf, inference, round_dir / "labels", ctx,
-                           ops.crf_workers)
+                           ops.crf_workers, cams=input_cams if r == 1 else None)
         terms = _train_round(net, index, split, r, camT, settings, training, round_dir, meta, ctx)
         threshold, miou = _best_threshold(net, index, eval_split, settings, inference, ctx)
         row = {"round": r, "label_threshold": camT, "paste_transform": settings.paste(r).transform, **terms,

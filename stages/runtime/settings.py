@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from stages.errors import InputError
+from stages.runtime.distributed import add_device_arguments
 
 # Settings that change how a run is carried out, not what it computes: resuming across a change
 # of these is safe, so they stay out of the checkpoint meta.
@@ -81,7 +82,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             options.update(type=kind)
         g.add_argument(_flag(field.name), **options)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(g)
 
 
 def settings_from(args: argparse.Namespace) -> TrainSettings:

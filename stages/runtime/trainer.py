@@ -84,7 +84,7 @@ def _move(batch: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(ctx.device, non_blocking=True)
-            if ctx.on_gpu and v.dim() == 4 and v.is_floating_point():
+            if ctx.channels_last and v.dim() == 4 and v.is_floating_point():
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
@@ -171,7 +171,7 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
     then leaves no output file behind, and Snakemake deletes a failed job's outputs anyway.
     """
     model.to(ctx.device)
-    if ctx.on_gpu:
+    if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     accumulation = settings.accumulation(ctx.world_size)
     if accumulation > 1 and hooks.manual_optimization:

@@ -20,11 +20,11 @@ rule train_cam:
         weights=config["cam"]["weights"],
         pooling=config["cam"]["pooling"],
         train=cli(config["cam"]["train"]),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH + " stages.train_cam --index {input.index} --split train_aug"
         " --backbone {params.backbone} --weights {params.weights} --pooling {params.pooling}"
-        " {params.train} --device {params.device} --out {output.model}"
+        " {params.train} {params.device} --out {output.model}"
         " --checkpoint {params.checkpoint} --metrics {output.metrics} > {log} 2>&1"
 
 
@@ -50,7 +50,7 @@ rule infer_cam:
             ]
         )
         + ")",
-    threads: 2
+    threads: side_by_side(2)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -62,10 +62,10 @@ rule infer_cam:
                 "flip": config["cam"]["infer"]["flip"],
             }
         ),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH + " stages.infer_cam --index {input.index} --checkpoint {input.model}"
-        " --split {wildcards.split} {params.scales} --device {params.device} --out {output} > {log} 2>&1"
+        " --split {wildcards.split} {params.scales} {params.device} --out {output} > {log} 2>&1"
 
 
 rule eval_cam:

@@ -6,6 +6,7 @@ import shlex
 
 import jsonschema
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -97,8 +98,24 @@ def dataset_args():
 # Every stage runs as `python -m stages.<name>`, with torch's CPU threads set to the rule's
 # `threads` so that concurrent jobs do not oversubscribe the cores.
 PYTHON = "OMP_NUM_THREADS={threads} python -m"
+
+
+def side_by_side(most):
+    """`threads` of a rule whose jobs usually have others ready beside them (every rule after
+    train_cam): half the cores of a local run, at least 1 and at most `most`. On 2 cores two
+    one-thread jobs side by side get more done than one two-thread job (benchmarks/seg_step.py);
+    a run without a core count (a cluster) gives `most`."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        return most
+    return max(1, min(most, cores // 2))
+
+
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
+# Where and in what arithmetic every stage that runs a network computes.
+DEVICE_ARGS = f"--device {config['device']} --precision {config['precision']}"
 
 
 def check_dataset_source():

@@ -9,7 +9,7 @@ rule pseudo_labels:
         "results/logs/pseudo_labels/{refinement}-{split}.log",
     benchmark:
         "results/benchmarks/pseudo_labels-{refinement}-{split}.tsv"
-    threads: 8
+    threads: side_by_side(8)
     resources:
         mem_mb=8000,
         runtime=120,

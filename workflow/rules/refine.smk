@@ -3,6 +3,8 @@ rule refine_plmix:
         index=INDEX,
         model=CAM_MODEL,
         best="results/cam/eval/best.json",
+        # the input network's CAMs: round 1's pseudo labels without a second pass over the split
+        cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
     output:
         model="results/refine/{refinement}/model.pt",
         rounds="results/refine/{refinement}/rounds.csv",
@@ -12,7 +14,7 @@ rule refine_plmix:
         "results/benchmarks/refine-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("plmix")),
-    threads: 4
+    threads: side_by_side(4)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -26,7 +28,7 @@ rule refine_plmix:
         train=lambda wildcards: cli(REFINEMENTS[wildcards.refinement]["train"]),
         split=config["cam"]["infer"]["split"],
         eval_split=config["cam"]["eval"]["split"],
-        cams=cli(
+        inference=cli(
             {
                 "scales": config["cam"]["infer"]["scales"],
                 "flip": config["cam"]["infer"]["flip"],
@@ -34,12 +36,13 @@ rule refine_plmix:
         ),
         sweep=cli(config["cam"]["eval"], exclude=("split",)),
         crf=cli(config["pseudo_labels"]["crf"]),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH
         + " stages.refine --index {input.index} --split {params.split} --eval-split {params.eval_split}"
-        " --checkpoint {input.model} --best {input.best} {params.options} {params.train} {params.cams}"
-        " {params.sweep} {params.crf} --crf-workers {threads} --device {params.device}"
+        " --checkpoint {input.model} --best {input.best} --cams {input.cams} {params.options} {params.train}"
+        " {params.inference}"
+        " {params.sweep} {params.crf} --crf-workers {threads} {params.device}"
         " --out {output.model} --rounds-csv {output.rounds} --state-dir {params.state_dir} > {log} 2>&1"
 
 
@@ -61,7 +64,7 @@ rule train_irn:
         "results/benchmarks/train_irn-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("irn")),
-    threads: 4
+    threads: side_by_side(4)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -77,12 +80,12 @@ rule train_irn:
         split=config["cam"]["infer"]["split"],
         weights=config["cam"]["weights"],
         crf=cli(config["pseudo_labels"]["crf"]),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH
         + " stages.refine_irn train --index {input.index} --split {params.split} --cams {input.cams}"
         " --best {input.best} --cam-checkpoint {input.cam_model} --weights {params.weights} {params.options}"
-        " {params.train} {params.crf} --crf-workers {threads} --device {params.device}"
+        " {params.train} {params.crf} --crf-workers {threads} {params.device}"
         " --out {output.model} --metrics {output.metrics} --state-dir {params.state_dir} > {log} 2>&1"
 
 
@@ -100,7 +103,7 @@ rule refine_irn:
         "results/benchmarks/refine_irn-{refinement}-{split}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("irn")),
-    threads: 2
+    threads: side_by_side(2)
     resources:
         gpu=1,
         mem_mb=8000,
@@ -112,8 +115,8 @@ rule refine_irn:
                 for key in ("alpha", "beta", "log_t")
             }
         ),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH
         + " stages.refine_irn walk --index {input.index} --split {wildcards.split} --cams {input.cams}"
-        " --model {input.model} {params.walk} --device {params.device} --out {output} > {log} 2>&1"
+        " --model {input.model} {params.walk} {params.device} --out {output} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule train_seg:
         "results/logs/train_seg/{variant}.log",
     benchmark:
         "results/benchmarks/train_seg-{variant}.tsv"
-    threads: 4
+    threads: side_by_side(4)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -33,11 +33,11 @@ rule train_seg:
             variant_seg(wildcards.variant), exclude=("train", "init")
         ),
         train=lambda wildcards: cli(variant_seg(wildcards.variant)["train"]),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         LAUNCH + " stages.train_seg --index {input.index} --split {params.split}"
         " --method {params.method} --method-options {params.options} {params.inputs}"
-        " {params.model} {params.train} --device {params.device} --out {output.model}"
+        " {params.model} {params.train} {params.device} --out {output.model}"
         " --checkpoint {params.checkpoint} --state-dir {params.state_dir} --outputs {output.outputs}"
         " --metrics {output.metrics} > {log} 2>&1"
 
@@ -61,7 +61,7 @@ rule evaluate:
         "results/logs/evaluate/{variant}.log",
     benchmark:
         "results/benchmarks/evaluate-{variant}.tsv"
-    threads: 2
+    threads: side_by_side(2)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -70,10 +70,10 @@ rule evaluate:
         split=config["evaluation"]["split"],
         options=cli(config["evaluation"], exclude=("split", "crf_params")),
         crf=cli(config["evaluation"]["crf_params"]),
-        device=config["device"],
+        device=DEVICE_ARGS,
     shell:
         PYTHON
         + " stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
-        " {params.options} {params.crf} --device {params.device} --out-metrics {output.metrics}"
+        " {params.options} {params.crf} {params.device} --out-metrics {output.metrics}"
         " --out-per-class {output.per_class} --out-predictions {output.predictions}"
         " --out-panels {output.panels} > {log} 2>&1"

@@ -47,7 +47,7 @@ class EIL(Method):
 
     policy: str = "searcher_assessor"
     action_space: str = "two"
-    pretrain_steps: int = 100
+    pretrain_steps: int = 120  # a multiple of explore_every: rounds at 120, 160, ... 280 of 300 steps
     explore_every: int = 40
     radii: list[int] = field(default_factory=lambda: [21, 41, 61, 81, 101])
     ema_decay: float = 0.95

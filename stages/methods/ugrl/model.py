@@ -73,7 +73,7 @@ class UGRLNet(nn.Module):
         self.backbone = create_backbone(spec.backbone, spec.weights)
         info = self.backbone.feature_info
         channels = info.channels()
-        self.decoder = create_decoder(spec.decoder, channels, info.reduction(), spec.num_classes)
+        self.decoder = create_decoder(spec.decoder, channels, info.reduction(), spec.num_classes, spec.decoder_width)
         if not hasattr(self.decoder, "features"):
             raise TypeError(f"decoder {spec.decoder!r} has no features(), the map UGRL's pixel head reads")
         # foreground classes only, no bias: the CAM network's classifier (stages/models/cam_net.py)

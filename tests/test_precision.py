@@ -1,0 +1,70 @@
+"""Precision: which arithmetic a stage computes in, and what bf16 changes (dtype, memory layout)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.errors import InputError
+from stages.runtime.distributed import DistContext, autocast, native_bf16, use_bf16
+from stages.runtime.hooks import TrainHooks
+from stages.runtime.settings import TrainSettings
+from stages.runtime.trainer import train_loop
+
+CPU = torch.device("cpu")
+
+
+def test_requested_precision_wins_and_auto_follows_the_hardware() -> None:
+    assert use_bf16(CPU, "bf16") and not use_bf16(CPU, "fp32")
+    assert use_bf16(CPU, "auto") == native_bf16(CPU)
+    assert use_bf16(torch.device("cuda", 0), "auto")  # every CUDA GPU: no probe needed
+    with pytest.raises(InputError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        use_bf16(CPU, "fp16")
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_autocast_computes_convolutions_in_the_context_precision(bf16: bool) -> None:
+    ctx = DistContext(0, 1, 0, CPU, bf16=bf16)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with autocast(ctx):
+        out = conv(torch.randn(1, 3, 8, 8))
+    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert ctx.channels_last == bf16  # on CPU, only bf16 (oneDNN's kernels) goes channels-last
+
+
+class ConvStep(TrainHooks):
+    """Regression of a fixed target through one convolution; records the layout it was given."""
+
+    def __init__(self) -> None:
+        self.layouts: list[bool] = []
+
+    def training_step(self, model, batch, ctx):
+        x = batch["x"]
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        with autocast(ctx.dist):
+            out = model(x)
+        return {"loss": (out.float() - 1.0).pow(2).mean()}
+
+
+class Conv(torch.nn.Conv2d):
+    def param_groups(self, head_lr_mult: float) -> list[dict]:
+        return [{"params": list(self.parameters())}]
+
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.full((3, 6, 6), 0.25 * i)}
+
+
+def test_bf16_training_keeps_fp32_weights_and_learns(tmp_path) -> None:
+    """Autocast computes in bf16, the optimiser updates fp32 master weights; the loss falls."""
+    torch.manual_seed(0)
+    model, hooks = Conv(3, 2, 3), ConvStep()
+    settings = TrainSettings(crop_size=6, batch_size=2, steps=20, lr=0.01, optimizer="sgd", checkpoint_every=100)
+    rows = train_loop(model, hooks, Images(), settings, DistContext(0, 1, 0, CPU, bf16=True),
+                      tmp_path / "ckpt.pt", tmp_path / "metrics.csv", {})
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.weight.is_contiguous(memory_format=torch.channels_last) and all(hooks.layouts)
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
