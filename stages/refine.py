@@ -128,10 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         meta = state_meta(settings, {"from_checkpoint_sha256": source_sha, "start_threshold": start[0],
                                      "split": args.split, "eval_split": args.eval_split,
                                      "train": training.meta(ctx.world_size)})
-        with contextlib.ExitStack() as stack:
-            cams = None
-            if args.cams is not None:
-                cams = stack.enter_context(CamReader(args.cams))
+        cams = CamReader(args.cams) if args.cams is not None else None
+        with cams or contextlib.nullcontext():
+            if cams is not None:
                 check_input_cams(cams, args, settings, source_sha, index)
             try:
                 state = run_rounds(net, index, args.split, args.eval_split, start, settings, training, ops,
