@@ -16,15 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 VOC_SAMPLE = SHARED_DATA / "voc-sample"
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"
+NO_CONTROLLER_SLURM_CONF = REPO / "tests" / "config" / "no_controller.slurm.conf"
 
 
-def pipeline_env() -> dict[str, str]:
+def pipeline_env(slurm: bool = False) -> dict[str, str]:
     """The environment a user has after `source .venv/bin/activate` in the repository: stage
-    commands find `python`, and `python -m stages.<name>` works from any directory."""
+    commands find `python`, and `python -m stages.<name>` works from any directory. Without
+    ``slurm``, Slurm's tools see no controller at once (tests/config/no_controller.slurm.conf)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(REPO)
     env["HF_HUB_OFFLINE"] = "1"
+    if not slurm:
+        env["SLURM_CONF"] = str(NO_CONTROLLER_SLURM_CONF)
     return env
 
 
@@ -41,13 +45,14 @@ def stage_argv(options: dict[str, object]) -> list[str]:
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
-              cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the real Snakemake on the repository's Snakefile with ``workdir`` holding results/."""
+              cwd: Path = REPO, timeout: int = 900, slurm: bool = False) -> subprocess.CompletedProcess:
+    """Run the real Snakemake on the repository's Snakefile with ``workdir`` holding results/;
+    ``slurm`` for a run against the real Slurm the test started."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), *args]
     if config is not None:
         cmd += ["--configfile", str(config)]
-    proc = subprocess.run(cmd, cwd=cwd, env=pipeline_env(), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=cwd, env=pipeline_env(slurm), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"

@@ -39,7 +39,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm, tiny_run, tmp_path):
     # the trunk and one variant as Slurm jobs: the other variants would only add train_seg jobs of
     # the same kind, at minutes of the suite's budget
     snakemake(tmp_path, "--profile", "slurm", *CLUSTER_OVERRIDES, *(f"results/{c}" for c in compared),
-              "results/devices.json", config=tmp_path / "config.yaml")
+              "results/devices.json", config=tmp_path / "config.yaml", slurm=True)
     ours, theirs = tmp_path / "results", local / "results"
     for csv in compared:
         pd.testing.assert_frame_equal(pd.read_csv(ours / csv), pd.read_csv(theirs / csv), obj=csv)
