@@ -129,7 +129,8 @@ def train(args: argparse.Namespace) -> None:
                          "sha256": file_sha256(args.cam_checkpoint) if args.init == "cam" else None},
                 "train": settings.meta(ctx.world_size)}
         rows = train_loop(model, AffinityStep(half_offsets(args.radius)), dataset, settings, ctx,
-                          args.state_dir / "train.pt", args.metrics, meta)
+                          args.state_dir / "train.pt", args.metrics, meta,
+                          image_classes=index.image_classes(args.split))
         if ctx.is_main:
             save_model(args.out, model, meta)
             last = f"final loss {rows[-1]['loss']:.4f}; " if rows else ""

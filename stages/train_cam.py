@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(settings.seed)
         model = CAMNet(args.backbone, meta["num_classes"], weights=args.weights, pooling=args.pooling)
         try:
-            train_loop(model, Classification(), dataset, settings, ctx, args.checkpoint, args.metrics, meta)
+            train_loop(model, Classification(), dataset, settings, ctx, args.checkpoint, args.metrics, meta,
+                       image_classes=index.image_classes(args.split))
         except NonFiniteLossError as exc:
             sys.exit(f"train_cam: {exc}; no model written to {args.out}")
         if ctx.is_main:

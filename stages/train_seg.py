@@ -97,7 +97,8 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
         if folder is not None and ctx.is_main:
             folder.mkdir(parents=True, exist_ok=True)
     rows = train_loop(model, method, dataset, settings, ctx, args.checkpoint, args.metrics, meta,
-                      state_dir=args.state_dir, output_dir=args.outputs)
+                      state_dir=args.state_dir, output_dir=args.outputs,
+                      image_classes=index.image_classes(args.split))
     if ctx.is_main:
         save_model(args.out, model, meta)
         last = f"final loss {rows[-1]['loss']:.4f}; " if rows else ""

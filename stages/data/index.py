@@ -64,6 +64,10 @@ class DatasetIndex:
             raise MissingEntryError(f"split {split!r} not in the index of {self.name!r} "
                            f"(has {sorted(self.splits)})") from None
 
+    def image_classes(self, split: str) -> list[list[int]]:
+        """The image-level (foreground) classes of each image of ``split``, in split order."""
+        return [self.labels.get(image_id, []) for image_id in self.ids(split)]
+
     def image_path(self, image_id: str) -> Path:
         return self.root / self.image_dir / f"{image_id}{self.image_ext}"
 

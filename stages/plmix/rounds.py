@@ -122,7 +122,7 @@ def _train_round(net: CAMNet, index: DatasetIndex, split: str, r: int, camT: flo
     steps = pd.DataFrame(train_loop(
         CamsAndLogits(net), MixStep(settings.loss, camT), dataset, training, ctx, round_dir / "train.pt",
         round_dir / "train_metrics.csv", {"refine": meta, "round": r, "camT": camT},
-        collate_fn=MixCollate(index.num_classes)))
+        collate_fn=MixCollate(index.num_classes), image_classes=index.image_classes(split)))
     _sync_buffers(net, ctx)
     return {**{term: float(steps[term].mean()) for term in LOSS_TERMS}, "skipped_steps": int(steps["skipped"].iloc[-1])}
 

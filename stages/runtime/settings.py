@@ -35,6 +35,7 @@ class TrainSettings:
     weight_decay: float = 0.0001
     checkpoint_every: int = 100
     seed: int = 0
+    class_balance: float = 0.0  # repeat-factor threshold (stages.runtime.sampling); 0 = off
     num_workers: int = 0
     on_nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped: int = 10

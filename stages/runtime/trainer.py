@@ -14,12 +14,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from stages.errors import InputError
 from stages.io.atomic import atomic_path
@@ -27,6 +27,7 @@ from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.runtime.distributed import DistContext, autocast
 from stages.runtime.hooks import NonFiniteStep, Optimization, StepContext, TrainHooks, check_finite
 from stages.runtime.progress import progress_bar
+from stages.runtime.sampling import EpochBatchSampler, repeat_factors, steps_per_epoch
 from stages.runtime.settings import TrainSettings
 
 CHECKPOINT_FORMAT = 2  # model, optimizers, schedulers, per-rank RNG, hooks' state
@@ -41,42 +42,6 @@ class Interrupted(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(143)
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """The micro-batches of one epoch for one rank, from a seeded permutation; can start mid-epoch.
-
-    Step k of the epoch takes the k-th slice of ``batch_size x world x accumulation`` images of
-    the permutation and splits it into micro-batches over ranks and accumulation, so a step sees
-    the same images on any number of processes with the same effective batch.
-    """
-
-    def __init__(self, n: int, batch_size: int, accumulation: int, seed: int, epoch: int, rank: int,
-                 world: int, start_step: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        order = torch.randperm(n, generator=g).tolist()
-        per_step = batch_size * world * accumulation
-        self.batches = []
-        for k in range(start_step, n // per_step):
-            chunk = order[k * per_step:(k + 1) * per_step]
-            for m in range(accumulation):
-                j = m * world + rank
-                self.batches.append(chunk[j * batch_size:(j + 1) * batch_size])
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int, accumulation: int = 1) -> int:
-    spe = n // (batch_size * world * accumulation)
-    if spe == 0:
-        raise InputError(f"{n} training images cannot fill one step of train.batch_size {batch_size} x "
-                         f"{world} process(es) x {accumulation} accumulated micro-batch(es); lower "
-                         f"train.batch_size (or train.effective_batch_size) in the config")
-    return spe
 
 
 def _move(batch: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
@@ -158,10 +123,28 @@ def _forward_backward(net: torch.nn.Module, hooks: TrainHooks, batch: dict[str, 
     return terms
 
 
+def _sample_weights(settings: TrainSettings, image_classes: Sequence[Sequence[int]] | None, n: int,
+                    ctx: DistContext) -> torch.Tensor | None:
+    """Repeat factors for ``train.class_balance`` (None: plain permutations)."""
+    if settings.class_balance == 0:
+        return None
+    if image_classes is None:
+        raise InputError("train.class_balance needs each image's classes, which this stage does not "
+                         "give its trainer; set train.class_balance: 0 for it")
+    if len(image_classes) != n:
+        raise ValueError(f"{len(image_classes)} image class lists for {n} training items")
+    weights = repeat_factors(image_classes, settings.class_balance)
+    if ctx.is_main:
+        print(f"class-balanced sampling (t={settings.class_balance}): repeat factors "
+              f"{weights.min():.2f}-{weights.max():.2f}, mean {weights.mean():.2f}", file=sys.stderr)
+    return weights
+
+
 def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, settings: TrainSettings,
                ctx: DistContext, checkpoint_path: Path, metrics_path: Path, meta: dict[str, Any],
                collate_fn: Callable | None = None, state_dir: Path | None = None,
-               output_dir: Path | None = None) -> list[dict[str, Any]]:
+               output_dir: Path | None = None,
+               image_classes: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
     """Run until ``settings.steps``; resume from ``checkpoint_path`` if it exists. Returns the metric rows.
 
     ``model`` is the bare module; it is wrapped in DDP here when the process group has several
@@ -169,6 +152,7 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
     whose meta differs is ignored, so changed settings train from scratch instead of resuming.
     The metric rows live in the checkpoint and the CSV is written only at the end: a killed job
     then leaves no output file behind, and Snakemake deletes a failed job's outputs anyway.
+    ``image_classes`` (each item's image-level classes) is what ``train.class_balance`` weighs.
     """
     model.to(ctx.device)
     if ctx.channels_last:
@@ -206,6 +190,7 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
                 "hooks": hooks.state_dict(), "step": step, "skipped": skipped, "rows": rows, "meta": meta})
 
     spe = steps_per_epoch(len(dataset), settings.batch_size, ctx.world_size, accumulation)
+    weights = _sample_weights(settings, image_classes, len(dataset), ctx)
     sctx = StepContext(step, settings.steps, ctx, optimizations, state_dir, output_dir, accumulation)
     bar = progress_bar(total=settings.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
     net.train()
@@ -220,7 +205,7 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
             sampler = EpochBatchSampler(len(data), settings.batch_size, accumulation, settings.seed, epoch,
-                                        ctx.rank, ctx.world_size, start)
+                                        ctx.rank, ctx.world_size, start, weights)
             loader = DataLoader(data, batch_sampler=sampler, num_workers=settings.num_workers,
                                 collate_fn=collate_fn, pin_memory=ctx.on_gpu)
             micro: list[dict[str, torch.Tensor]] = []
