@@ -50,6 +50,7 @@ rule infer_cam:
             ]
         )
         + ")",
+    priority: TRUNK_PRIORITY
     threads: side_by_side(2)
     resources:
         gpu=1,
@@ -80,6 +81,7 @@ rule eval_cam:
         best="results/{cam_run}/eval/best.json",
     log:
         "results/logs/eval_cam/{cam_run}.log",
+    priority: TRUNK_PRIORITY
     params:
         split=config["cam"]["eval"]["split"],
         sweep=cli(config["cam"]["eval"], exclude=("split",)),

@@ -112,6 +112,12 @@ def side_by_side(most):
     return max(1, min(most, cores // 2))
 
 
+# `priority` of the jobs every segmenter waits on (CAM inference and scoring, refinements, pseudo
+# labels): with fewer cores than ready jobs, Snakemake starts them before segmenters, which are
+# leaves of the DAG. Without it, the default run started PL-Mix, its longest chain, after three
+# segmenters had taken the cores, and one core sat idle for 150 s while PL-Mix ran alone.
+TRUNK_PRIORITY = 10
+
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
 # Where and in what arithmetic every stage that runs a network computes.

@@ -12,6 +12,7 @@ rule import_cams:
     # eval_cam, pseudo labels and the variants read it as any other refinement's CAMs.
     wildcard_constraints:
         refinement=name_pattern(refinements_of("imported")),
+    priority: TRUNK_PRIORITY
     threads: 1
     resources:
         mem_mb=4000,

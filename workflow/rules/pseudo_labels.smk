@@ -9,6 +9,7 @@ rule pseudo_labels:
         "results/logs/pseudo_labels/{refinement}-{split}.log",
     benchmark:
         "results/benchmarks/pseudo_labels-{refinement}-{split}.tsv"
+    priority: TRUNK_PRIORITY
     threads: side_by_side(8)
     resources:
         mem_mb=8000,

@@ -14,6 +14,7 @@ rule refine_plmix:
         "results/benchmarks/refine-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("plmix")),
+    priority: TRUNK_PRIORITY
     threads: side_by_side(4)
     resources:
         gpu=1,
@@ -64,6 +65,7 @@ rule train_irn:
         "results/benchmarks/train_irn-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("irn")),
+    priority: TRUNK_PRIORITY
     threads: side_by_side(4)
     resources:
         gpu=1,
@@ -103,6 +105,7 @@ rule refine_irn:
         "results/benchmarks/refine_irn-{refinement}-{split}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("irn")),
+    priority: TRUNK_PRIORITY
     threads: side_by_side(2)
     resources:
         gpu=1,
