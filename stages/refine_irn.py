@@ -132,7 +132,7 @@ def train(args: argparse.Namespace) -> None:
                           args.state_dir / "train.pt", args.metrics, meta,
                           image_classes=index.image_classes(args.split))
         if ctx.is_main:
-            save_model(args.out, model, meta, replaces=args.state_dir / "train.pt")
+            save_model(args.out, model, meta)
             last = f"final loss {rows[-1]['loss']:.4f}; " if rows else ""
             print(f"affinity network trained for {settings.steps} steps ({last}written to {args.out})",
                   file=sys.stderr)

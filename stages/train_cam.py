@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         except NonFiniteLossError as exc:
             sys.exit(f"train_cam: {exc}; no model written to {args.out}")
         if ctx.is_main:
-            save_model(args.out, model, meta, replaces=args.checkpoint)
+            save_model(args.out, model, meta)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
                       state_dir=args.state_dir, output_dir=args.outputs,
                       image_classes=index.image_classes(args.split))
     if ctx.is_main:
-        save_model(args.out, model, meta, replaces=args.checkpoint)
+        save_model(args.out, model, meta)
         last = f"final loss {rows[-1]['loss']:.4f}; " if rows else ""
         print(f"trained {method.name} for {settings.steps} steps ({last}model written to {args.out})",
               file=sys.stderr)

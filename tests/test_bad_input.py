@@ -174,7 +174,7 @@ def run_stage(name: str, *args: object, expect_ok: bool = True) -> subprocess.Co
 def train_flags(steps: int) -> list[object]:
     return ["--crop-size", 32, "--scale-range", 0.9, 1.1, "--color-jitter", 0.1, "--batch-size", 2,
             "--steps", steps, "--optimizer", "sgd", "--lr", 0.01, "--head-lr-mult", 10,
-            "--weight-decay", 0.0001, "--checkpoint-every", 100, "--seed", 0, "--num-workers", 0,
+            "--weight-decay", 0.0001, "--checkpoint-every", 100, "--seed", 0, "--class-balance", 0, "--num-workers", 0,
             "--on-nonfinite", "stop", "--max-skipped", "10", "--device", "cpu"]
 
 

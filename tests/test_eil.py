@@ -220,7 +220,7 @@ def _train(toy: DatasetIndex, scribbles: Path, out: Path, **options) -> None:
         "decoder": "mlp", "out": out / "model.pt", "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv",
         "state_dir": out / "state", "outputs": out / "outputs", "crop_size": 40, "scale_range": [0.8, 1.2],
         "color_jitter": 0.2, "batch_size": 2, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-        "weight_decay": 0.0, "checkpoint_every": 100, "seed": 0, "num_workers": 0, "on_nonfinite": "stop",
+        "weight_decay": 0.0, "checkpoint_every": 100, "seed": 0, "class_balance": 0.0, "num_workers": 0, "on_nonfinite": "stop",
         "max_skipped": 10, "device": "cpu"})
     train_seg.main(argv)
 

@@ -39,7 +39,7 @@ def cam_run(tmp_path_factory) -> Path:
                     "--backbone", "resnet18", "--weights", "none", "--pooling", "gap", "--crop-size", "64",
                     "--scale-range", "0.7", "1.3", "--color-jitter", "0.3", "--batch-size", "4", "--steps", "4",
                     "--optimizer", "sgd", "--lr", "0.01", "--head-lr-mult", "10", "--weight-decay", "1e-4",
-                    "--checkpoint-every", "4", "--seed", "0", "--num-workers", "0", "--on-nonfinite", "stop",
+                    "--checkpoint-every", "4", "--seed", "0", "--class-balance", "0", "--num-workers", "0", "--on-nonfinite", "stop",
                     "--max-skipped", "10", "--device", "cpu"])
     (root / "best.json").write_text(json.dumps({"threshold": 0.3, "miou": 0.25}))
     return root
@@ -54,7 +54,7 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
             "paste_max_rotation": 30, "focal_weight": 1.0, "iou_weight": 0.5, "dice_weight": 0.5,
             "continuity_weight": 0.1, "focal_gamma": 2.0, "temperature": 0.1, "crop_size": 64,
             "scale_range": [0.7, 1.3], "color_jitter": 0.3, "batch_size": 4, "optimizer": "sgd", "lr": 0.001,
-            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "num_workers": 0,
+            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "class_balance": 0.0, "num_workers": 0,
             "on_nonfinite": "stop", "max_skipped": 10, "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
             "threshold_step": 0.1, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3,
             "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10, "device": "cpu", **overrides}

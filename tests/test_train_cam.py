@@ -37,7 +37,7 @@ def cli_args(index: Path, out_dir: Path, **overrides) -> list[str]:
             "metrics": out_dir / "metrics.csv", "backbone": "resnet18", "weights": "none",
             "pooling": "gap", "crop_size": 64, "scale_range": [0.7, 1.3], "color_jitter": 0.3,
             "batch_size": 4, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "num_workers": 0,
+            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
             "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
     return ["--index", str(index)] + stage_argv(opts)
 

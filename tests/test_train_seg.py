@@ -35,7 +35,7 @@ def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> li
             "weights": "none", "decoder": "mlp", "out": out_dir / "model.pt", "checkpoint": out_dir / "ckpt.pt",
             "metrics": out_dir / "metrics.csv", "crop_size": 48, "scale_range": [0.8, 1.2],
             "color_jitter": 0.2, "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01,
-            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0,
+            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0,
             "num_workers": 0, "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
     return ["--index", str(index)] + stage_argv(opts)
 

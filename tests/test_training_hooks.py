@@ -31,7 +31,7 @@ def command(index: Path, labels: Path, out: Path) -> list[str]:
                "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv", "state_dir": out / "state",
                "outputs": out / "outputs", "crop_size": 40, "scale_range": [0.8, 1.2], "color_jitter": 0.2,
                "batch_size": 2, "steps": STEPS, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-               "weight_decay": 0.0, "checkpoint_every": 2, "seed": 0, "num_workers": 0,
+               "weight_decay": 0.0, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
                "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu"}
     return [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
             str(REPO / "tests" / "plugin_method.py"), *stage_argv(options)]

@@ -262,7 +262,7 @@ def cli_args(index: Path, labels: Path | None, out: Path, options: dict, **overr
             "out": out / "model.pt", "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv",
             "outputs": out / "outputs", "crop_size": 48, "scale_range": [0.8, 1.2], "color_jitter": 0.2,
             "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "num_workers": 0,
+            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
             "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
     return stage_argv(opts)
 

@@ -17,17 +17,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any],
-               replaces: Path | None = None) -> None:
-    """A finished model file: CPU weights (whatever device and wrapper trained them) and its meta.
-
-    ``replaces``, the resumable training state the file supersedes (weights, optimiser state and
-    metric rows, often twice the model's size), is removed once the file is written.
-    """
+def save_model(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """A finished model file: CPU weights (whatever device and wrapper trained them) and its meta."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_checkpoint(path, {"model": weights, "meta": meta})
-    if replaces is not None:
-        Path(replaces).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
