@@ -41,8 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TOY = dict(num_classes=8, min_size=64, max_size=96, seed=0)
 TRAIN = dict(crop_size=64, scale_range=[0.7, 1.3], color_jitter=0.3, batch_size=8, steps=5, optimizer="sgd",
-             lr=0.01, head_lr_mult=10, weight_decay=0.0001, checkpoint_every=100, seed=0, class_balance=0.0, num_workers=0,
-             on_nonfinite="stop", max_skipped=10)
+             lr=0.01, head_lr_mult=10, weight_decay=0.0001, checkpoint_every=100, seed=0, class_balance=0.0,
+             num_workers=0, on_nonfinite="stop", max_skipped=10)
 # The schema's defaults, so the measured work per image is what a default run does.
 INFER = ["--scales", "1.0", "0.5", "1.5", "--flip"]
 PSEUDO = ["--threshold", "0.25", "--ignore-band", "0.05", "--use-crf", "--iterations", "10", "--gaussian-sxy", "3",

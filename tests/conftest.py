@@ -1,6 +1,7 @@
 """Shared test fixtures: repository paths, the shared sample data, and running the real Snakemake."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from stages.runtime.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -42,6 +45,14 @@ def stage_argv(options: dict[str, object]) -> list[str]:
         argv.append("--" + key.replace("_", "-"))
         argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
     return argv
+
+
+def train_options(**overrides: object) -> dict[str, object]:
+    """Every training flag of a stage at ``TrainSettings``' default (the schema's), on the CPU, with
+    ``overrides``: a test names only what it changes, and a new training setting needs no edit here."""
+    values: dict[str, object] = {f.name: getattr(TrainSettings, f.name) for f in dataclasses.fields(TrainSettings)}
+    values["scale_range"] = list(TrainSettings.scale_range)
+    return {**values, "device": "cpu", **overrides}
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,

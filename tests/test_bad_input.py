@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, pipeline_env, snakemake, write_config
+from conftest import REPO, pipeline_env, snakemake, stage_argv, train_options, write_config
 from stages import errors
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -171,11 +171,8 @@ def run_stage(name: str, *args: object, expect_ok: bool = True) -> subprocess.Co
     return proc
 
 
-def train_flags(steps: int) -> list[object]:
-    return ["--crop-size", 32, "--scale-range", 0.9, 1.1, "--color-jitter", 0.1, "--batch-size", 2,
-            "--steps", steps, "--optimizer", "sgd", "--lr", 0.01, "--head-lr-mult", 10,
-            "--weight-decay", 0.0001, "--checkpoint-every", 100, "--seed", 0, "--class-balance", 0, "--num-workers", 0,
-            "--on-nonfinite", "stop", "--max-skipped", "10", "--device", "cpu"]
+def train_flags(steps: int) -> list[str]:
+    return stage_argv(train_options(crop_size=32, scale_range=[0.9, 1.1], color_jitter=0.1, batch_size=2, steps=steps))
 
 
 def cam_train_args(index: Path, out_dir: Path, steps: int) -> list[object]:

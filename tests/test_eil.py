@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import snakemake, stage_argv, write_config
+from conftest import snakemake, stage_argv, train_options, write_config
 from stages import train_seg
 from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribble_sources import StrokeSettings, write_scribble_source
@@ -218,10 +218,9 @@ def _train(toy: DatasetIndex, scribbles: Path, out: Path, **options) -> None:
         "index": toy.root.parent / "index.json", "split": "train_aug", "method": "eil",
         "method_options": json.dumps(options), "scribbles": scribbles, "backbone": "resnet10t", "weights": "none",
         "decoder": "mlp", "out": out / "model.pt", "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv",
-        "state_dir": out / "state", "outputs": out / "outputs", "crop_size": 40, "scale_range": [0.8, 1.2],
-        "color_jitter": 0.2, "batch_size": 2, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-        "weight_decay": 0.0, "checkpoint_every": 100, "seed": 0, "class_balance": 0.0, "num_workers": 0, "on_nonfinite": "stop",
-        "max_skipped": 10, "device": "cpu"})
+        "state_dir": out / "state", "outputs": out / "outputs",
+        **train_options(crop_size=40, scale_range=[0.8, 1.2], color_jitter=0.2, batch_size=2, steps=6,
+                        weight_decay=0.0)})
     train_seg.main(argv)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import sigkill_when, snakemake, stage_argv, write_config
+from conftest import sigkill_when, snakemake, stage_argv, train_options, write_config
 from stages import refine_irn
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -159,11 +159,10 @@ def train_argv(toy: Path, out: Path, **overrides) -> list[str]:
             "best": toy / "best.json", "cam_checkpoint": toy / "cam.pt", "out": out / "affinity.pt",
             "metrics": out / "metrics.csv", "state_dir": out / "state", "thresholds": "relative",
             "fg_threshold": 2.0, "bg_threshold": 0.33, "radius": 4, "stride": 4, "embedding_dim": 16,
-            "decoder": "mlp", "init": "cam", "crop_size": 48, "scale_range": [0.9, 1.1], "color_jitter": 0.3,
-            "batch_size": 4, "steps": 3, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-            "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "class_balance": 0.0, "num_workers": 0, "on_nonfinite": "stop",
-            "max_skipped": 10, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,
-            "bilateral_srgb": 5, "bilateral_compat": 10, "device": "cpu", **overrides}
+            "decoder": "mlp", "init": "cam",
+            **train_options(crop_size=48, scale_range=[0.9, 1.1], batch_size=4, steps=3, checkpoint_every=1),
+            "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,
+            "bilateral_srgb": 5, "bilateral_compat": 10, **overrides}
     return ["train", "--use-crf"] + stage_argv(opts)
 
 

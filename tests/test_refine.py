@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import stages.plmix.passes
-from conftest import pipeline_env, sigkill_when, stage_argv
+from conftest import pipeline_env, sigkill_when, stage_argv, train_options
 from stages import infer_cam, refine, train_cam
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -36,11 +36,8 @@ def cam_run(tmp_path_factory) -> Path:
     index.save(root / "index.json")
     train_cam.main(["--index", str(root / "index.json"), "--split", "train_aug", "--out", str(root / "model.pt"),
                     "--checkpoint", str(root / "ckpt.pt"), "--metrics", str(root / "metrics.csv"),
-                    "--backbone", "resnet18", "--weights", "none", "--pooling", "gap", "--crop-size", "64",
-                    "--scale-range", "0.7", "1.3", "--color-jitter", "0.3", "--batch-size", "4", "--steps", "4",
-                    "--optimizer", "sgd", "--lr", "0.01", "--head-lr-mult", "10", "--weight-decay", "1e-4",
-                    "--checkpoint-every", "4", "--seed", "0", "--class-balance", "0", "--num-workers", "0", "--on-nonfinite", "stop",
-                    "--max-skipped", "10", "--device", "cpu"])
+                    "--backbone", "resnet18", "--weights", "none", "--pooling", "gap",
+                    *stage_argv(train_options(crop_size=64, batch_size=4, steps=4, checkpoint_every=4))])
     (root / "best.json").write_text(json.dumps({"threshold": 0.3, "miou": 0.25}))
     return root
 
@@ -50,14 +47,12 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
     opts = {"index": run / "index.json", "split": "train_aug", "eval_split": "train",
             "checkpoint": run / "model.pt", "best": run / "best.json", "out": out_dir / "refined.pt",
             "rounds_csv": out_dir / "rounds.csv", "state_dir": out_dir / "state", "rounds": 2,
-            "steps": 2, "paste_transform_from_round": 2, "paste_scale_range": [0.5, 2.0],
+            "paste_transform_from_round": 2, "paste_scale_range": [0.5, 2.0],
             "paste_max_rotation": 30, "focal_weight": 1.0, "iou_weight": 0.5, "dice_weight": 0.5,
-            "continuity_weight": 0.1, "focal_gamma": 2.0, "temperature": 0.1, "crop_size": 64,
-            "scale_range": [0.7, 1.3], "color_jitter": 0.3, "batch_size": 4, "optimizer": "sgd", "lr": 0.001,
-            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 1, "seed": 0, "class_balance": 0.0, "num_workers": 0,
-            "on_nonfinite": "stop", "max_skipped": 10, "scales": [1.0], "threshold_start": 0.0, "threshold_stop": 0.6,
-            "threshold_step": 0.1, "iterations": 1, "gaussian_sxy": 3, "gaussian_compat": 3,
-            "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10, "device": "cpu", **overrides}
+            "continuity_weight": 0.1, "focal_gamma": 2.0, "temperature": 0.1, "scales": [1.0],
+            "threshold_start": 0.0, "threshold_stop": 0.6, "threshold_step": 0.1, "iterations": 1,
+            "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80, "bilateral_srgb": 13, "bilateral_compat": 10,
+            **train_options(crop_size=64, batch_size=4, steps=2, lr=0.001, checkpoint_every=1), **overrides}
     return ["--no-flip"] + stage_argv(opts)
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import CPU, LeastSquares, Linear, Points
 
 from stages.errors import InputError
 from stages.runtime.sampling import EpochBatchSampler, repeat_factors
 from stages.runtime.settings import TrainSettings
 from stages.runtime.trainer import train_loop
-from test_trainer import CPU, LeastSquares, Linear, Points
 
 # 10 images: class 1 in 9 of them, class 2 in one (with class 1), one image of background only
 CLASSES = [[1]] * 8 + [[1, 2], []]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import pipeline_env, stage_argv
+from conftest import pipeline_env, stage_argv, train_options
 from stages import train_cam
 from stages.data.classification import ClassificationDataset
 from stages.data.index import DatasetIndex
@@ -35,10 +35,7 @@ def cli_args(index: Path, out_dir: Path, **overrides) -> list[str]:
     """The stage's full command line for a tiny run; ``overrides`` use the flag names with _."""
     opts = {"split": "train_aug", "out": out_dir / "model.pt", "checkpoint": out_dir / "ckpt.pt",
             "metrics": out_dir / "metrics.csv", "backbone": "resnet18", "weights": "none",
-            "pooling": "gap", "crop_size": 64, "scale_range": [0.7, 1.3], "color_jitter": 0.3,
-            "batch_size": 4, "steps": 6, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
-            "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
+            "pooling": "gap", **train_options(crop_size=64, batch_size=4, steps=6, checkpoint_every=2), **overrides}
     return ["--index", str(index)] + stage_argv(opts)
 
 

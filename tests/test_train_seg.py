@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import pipeline_env, sigkill_when, stage_argv, toy_with_gt_labels
+from conftest import pipeline_env, sigkill_when, stage_argv, toy_with_gt_labels, train_options
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
@@ -33,10 +33,9 @@ def cli_args(index: Path, labels: Path | None, out_dir: Path, **overrides) -> li
     """The stage's full command line for a tiny run; ``overrides`` use the flag names with _."""
     opts = {"split": "train_aug", "method": "ce", "pseudo_labels": labels, "backbone": "resnet18",
             "weights": "none", "decoder": "mlp", "out": out_dir / "model.pt", "checkpoint": out_dir / "ckpt.pt",
-            "metrics": out_dir / "metrics.csv", "crop_size": 48, "scale_range": [0.8, 1.2],
-            "color_jitter": 0.2, "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01,
-            "head_lr_mult": 10.0, "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0,
-            "num_workers": 0, "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
+            "metrics": out_dir / "metrics.csv",
+            **train_options(crop_size=48, scale_range=[0.8, 1.2], color_jitter=0.2, batch_size=4, steps=4,
+                            checkpoint_every=2), **overrides}
     return ["--index", str(index)] + stage_argv(opts)
 
 

@@ -11,8 +11,8 @@ import torch
 from stages.io.checkpoint import load_checkpoint
 from stages.runtime.distributed import DistContext
 from stages.runtime.hooks import StepContext, TrainHooks
-from stages.runtime.settings import TrainSettings
 from stages.runtime.sampling import EpochBatchSampler
+from stages.runtime.settings import TrainSettings
 from stages.runtime.trainer import NonFiniteLossError, train_loop
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

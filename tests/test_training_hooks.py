@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, pipeline_env, stage_argv, toy_with_gt_labels
+from conftest import REPO, pipeline_env, stage_argv, toy_with_gt_labels, train_options
 from stages.io.checkpoint import load_checkpoint
 
 STEPS = 10
@@ -29,10 +29,9 @@ def command(index: Path, labels: Path, out: Path) -> list[str]:
     options = {"index": index, "split": "train_aug", "method": "plugin_test", "pseudo_labels": labels,
                "backbone": "resnet10t", "weights": "none", "decoder": "mlp", "out": out / "model.pt",
                "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv", "state_dir": out / "state",
-               "outputs": out / "outputs", "crop_size": 40, "scale_range": [0.8, 1.2], "color_jitter": 0.2,
-               "batch_size": 2, "steps": STEPS, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-               "weight_decay": 0.0, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
-               "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu"}
+               "outputs": out / "outputs",
+               **train_options(crop_size=40, scale_range=[0.8, 1.2], color_jitter=0.2, batch_size=2, steps=STEPS,
+                               weight_decay=0.0, checkpoint_every=2)}
     return [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
             str(REPO / "tests" / "plugin_method.py"), *stage_argv(options)]
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import REPO, TINY_CONFIG, pipeline_env, sigkill_when, stage_argv
+from conftest import REPO, TINY_CONFIG, pipeline_env, sigkill_when, stage_argv, train_options
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
@@ -260,10 +260,9 @@ def cli_args(index: Path, labels: Path | None, out: Path, options: dict, **overr
     opts = {"index": index, "split": "train_aug", "method": "ugrl", "method_options": json.dumps(options),
             "pseudo_labels": labels, "backbone": "resnet10t", "weights": "none", "decoder": "mlp",
             "out": out / "model.pt", "checkpoint": out / "ckpt.pt", "metrics": out / "metrics.csv",
-            "outputs": out / "outputs", "crop_size": 48, "scale_range": [0.8, 1.2], "color_jitter": 0.2,
-            "batch_size": 4, "steps": 4, "optimizer": "sgd", "lr": 0.01, "head_lr_mult": 10.0,
-            "weight_decay": 1e-4, "checkpoint_every": 2, "seed": 0, "class_balance": 0.0, "num_workers": 0,
-            "on_nonfinite": "stop", "max_skipped": 10, "device": "cpu", **overrides}
+            "outputs": out / "outputs",
+            **train_options(crop_size=48, scale_range=[0.8, 1.2], color_jitter=0.2, batch_size=4, steps=4,
+                            checkpoint_every=2), **overrides}
     return stage_argv(opts)
 
 
