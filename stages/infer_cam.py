@@ -7,16 +7,13 @@ appears only when the merged file is complete. The HDF5 layout is described in
 from __future__ import annotations
 
 import argparse
-import json
 
-from stages.cams.multiscale import write_cams
+from stages.cams.multiscale import infer_to_file, network_cam_meta
 from stages.data.index import DatasetIndex
 from stages.errors import MissingEntryError, run_stage
-from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
 from stages.io.checkpoint import check_meta, file_sha256
 from stages.models.cam_net import load_cam_net
-from stages.runtime.distributed import add_device_arguments, barrier, distributed_session
-from stages.runtime.progress import progress_bar
+from stages.runtime.distributed import add_device_arguments, distributed_session
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,20 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     with distributed_session(args.device, args.precision) as ctx:
         net, meta = load_cam_net(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"dataset": index.name, "classes": list(index.classes)})
-        file_meta = CamFileMeta(
-            dataset=index.name, split=args.split, classes=tuple(index.classes),
-            backbone=meta["backbone"], scales=tuple(args.scales), flip=args.flip,
-            checkpoint_sha256=file_sha256(args.checkpoint),
-            refinement=json.dumps(meta["refinement"], sort_keys=True) if "refinement" in meta else "")
-        my_ids = ids[ctx.rank::ctx.world_size]
-        target = shard_path(args.out, ctx.rank) if ctx.distributed else args.out
-        with progress_bar(total=len(my_ids), desc=f"CAMs {args.split}", unit="img",
-                  disable=not ctx.is_main) as bar, CamWriter(target, file_meta) as writer:
-            write_cams(net, index, my_ids, writer, args.scales, args.flip, args.batch_size, ctx,
-                       workers=args.workers, on_batch=bar.update)
-        barrier(ctx)
-        if ctx.distributed and ctx.is_main:
-            merge_shards([shard_path(args.out, r) for r in range(ctx.world_size)], args.out, file_meta)
+        file_meta = network_cam_meta(index, args.split, meta, file_sha256(args.checkpoint), args.scales, args.flip)
+        infer_to_file(net, index, ids, args.out, file_meta, args.scales, args.flip, args.batch_size, ctx,
+                      workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Reads the trained CAM network and eval_cam's best threshold, runs the rounds of
 ``stages.plmix`` (see its docstring for the method and the choices made where the source is
 silent) and writes a CAM network file in train_cam's format, so that
 ``python -m stages.infer_cam --checkpoint <out>`` gives the refined CAMs. Its meta gains
-``refinement`` = {method, rounds, from_checkpoint_sha256, final_threshold}.
+``refinement`` = {method, rounds, from_checkpoint_sha256, final_threshold}. It also writes that
+network's CAM file of ``--split`` (``--out-cams``, what infer_cam would write of ``--out``): the last
+round's pass, which its threshold sweep read.
 
 Round 1's pseudo labels come from ``--cams``, infer_cam's file of the input network, when given:
 the same CAMs (stored at 8 bits) without a second pass of the network over the split.
@@ -19,16 +21,18 @@ import contextlib
 import sys
 from pathlib import Path
 
+from stages.cams.multiscale import infer_to_file, network_cam_meta
 from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
 from stages.io.cam_store import CamReader
-from stages.io.checkpoint import check_meta, file_sha256, save_model
+from stages.io.atomic import publish_copy
+from stages.io.checkpoint import check_meta, file_sha256, load_checkpoint
 from stages.labels.crf import add_crf_arguments, crf_params_from
-from stages.models.cam_net import load_cam_net
-from stages.plmix.rounds import Operations, PLMixSettings, refinement_meta, run_rounds, state_meta
+from stages.models.cam_net import CAMNet, load_cam_net
+from stages.plmix.rounds import Operations, PLMixSettings, RoundState, run_rounds, state_meta
 from stages.plmix.training import MixLoss
-from stages.runtime.distributed import distributed_session
+from stages.runtime.distributed import DistContext, barrier, distributed_session
 from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import NonFiniteLossError
 
@@ -45,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="infer_cam's CAM file of --split from --checkpoint: round 1's pseudo labels come "
                          "from it instead of a pass of the network")
     io.add_argument("--out", type=Path, required=True, help="refined CAM network file, written at the end")
+    io.add_argument("--out-cams", type=Path, required=True,
+                    help="its CAM file of --split (infer_cam's format, --scales and --flip), written at the end")
     io.add_argument("--rounds-csv", type=Path, required=True, help="one row per round (round 0 = input)")
     io.add_argument("--state-dir", type=Path, required=True, help="resumable round state")
     mix = p.add_argument_group("PL-Mix")
@@ -114,6 +120,25 @@ def check_input_cams(cams: CamReader, args: argparse.Namespace, settings: PLMixS
     cams.check_matches(index, index.ids(args.split))
 
 
+def write_outputs(state: RoundState, net: CAMNet, index: DatasetIndex, args: argparse.Namespace,
+                  settings: PLMixSettings, ctx: DistContext) -> None:
+    """The last round's network file and its CAM file as the stage's outputs; the CAM file is
+    made again only when the rounds no longer hold it (fewer rounds asked of a finished run)."""
+    if ctx.is_main:
+        publish_copy(state.model, args.out)  # the same bytes: the CAM file's hash names it
+    barrier(ctx)
+    if state.cams is None:
+        meta = network_cam_meta(index, args.split, load_checkpoint(args.out)["meta"], file_sha256(args.out),
+                                 settings.scales, settings.flip)
+        infer_to_file(net.eval(), index, index.ids(args.split), args.out_cams, meta, settings.scales,
+                      settings.flip, args.infer_batch_size, ctx)
+    elif ctx.is_main:
+        publish_copy(state.cams, args.out_cams)
+    if ctx.is_main:
+        print(f"refined CAM network written to {args.out} and its CAMs to {args.out_cams} after {args.rounds} "
+              f"round(s); final camT {state.threshold:.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
@@ -137,11 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                                    args.state_dir, args.rounds_csv, meta, source_meta, ctx, input_cams=cams)
             except NonFiniteLossError as exc:
                 sys.exit(f"refine: {exc}; no model written to {args.out}")
-        if ctx.is_main:
-            refinement = refinement_meta(args.rounds, source_sha, state.threshold)
-            save_model(args.out, net, {**source_meta, "refinement": refinement})
-            print(f"refined CAM network written to {args.out} after {args.rounds} round(s); "
-                  f"final camT {state.threshold:.3f}")
+        write_outputs(state, net, index, args, settings, ctx)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import stages.cams.multiscale
 import stages.plmix.passes
 from conftest import pipeline_env, sigkill_when, stage_argv, train_options
 from stages import infer_cam, refine, train_cam
@@ -46,6 +47,7 @@ def cli_args(run: Path, out_dir: Path, **overrides) -> list[str]:
     """The stage's full command line for a tiny run; ``overrides`` use the flag names with _."""
     opts = {"index": run / "index.json", "split": "train_aug", "eval_split": "train",
             "checkpoint": run / "model.pt", "best": run / "best.json", "out": out_dir / "refined.pt",
+            "out_cams": out_dir / "refined_cams.h5",
             "rounds_csv": out_dir / "rounds.csv", "state_dir": out_dir / "state", "rounds": 2,
             "paste_transform_from_round": 2, "paste_scale_range": [0.5, 2.0],
             "paste_max_rotation": 30, "focal_weight": 1.0, "iou_weight": 0.5, "dice_weight": 0.5,
@@ -62,6 +64,20 @@ def refined(cam_run: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("refined")
     refine.main(cli_args(cam_run, out))
     return out
+
+
+def _network_passes(monkeypatch) -> list[list[str]]:
+    """The ids of every pass of a network over images that a refinement makes, in order."""
+    passes: list[list[str]] = []
+    for module in (stages.cams.multiscale, stages.plmix.passes):
+        original = module.write_cams
+        monkeypatch.setattr(module, "write_cams", lambda *a, _o=original, **k: passes.append(list(a[2])) or _o(*a, **k))
+    return passes
+
+
+def _entries(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    with CamReader(path) as reader:
+        return {i: (e.cams, e.class_indices) for i, e in reader.entries()}
 
 
 def test_rounds_give_a_cam_network_for_infer_cam(cam_run: Path, refined: Path, tmp_path: Path) -> None:
@@ -86,8 +102,22 @@ def test_rounds_give_a_cam_network_for_infer_cam(cam_run: Path, refined: Path, t
             assert set(np.unique(read_label(path))) <= {0, *index.labels[path.stem]}
         assert not (state / f"round{r}" / "train.pt").exists()
         assert list(pd.read_csv(state / f"round{r}" / "train_metrics.csv")["step"]) == [1, 2]
-    final = load_checkpoint(refined / "refined.pt")["model"]
-    assert all(torch.equal(final[k], v) for k, v in load_checkpoint(state / "round2" / "model.pt")["model"].items())
+    assert file_sha256(refined / "refined.pt") == file_sha256(state / "round2" / "model.pt")
+    assert not (state / "round1" / "cams.h5").exists()  # served round 2's labels, then deleted
+
+    # the CAM file written with the network is the one infer_cam makes of it
+    inferred = tmp_path / "inferred.h5"
+    infer_cam.main(["--index", str(cam_run / "index.json"), "--checkpoint", str(refined / "refined.pt"),
+                    "--split", "train_aug", "--scales", "1.0", "--no-flip", "--out", str(inferred), "--device", "cpu"])
+    with CamReader(refined / "refined_cams.h5") as ours, CamReader(inferred) as theirs:
+        assert ours.meta == theirs.meta
+        assert ours.meta.checkpoint_sha256 == file_sha256(refined / "refined.pt")
+        assert json.loads(ours.meta.refinement) == meta["refinement"]
+    ours, theirs = _entries(refined / "refined_cams.h5"), _entries(inferred)
+    assert sorted(ours) == sorted(index.ids("train_aug"))
+    for image_id, (cams, classes) in theirs.items():
+        np.testing.assert_array_equal(ours[image_id][1], classes)
+        np.testing.assert_allclose(ours[image_id][0], cams, atol=1 / 255 + 1e-6)
 
     cams = tmp_path / "cams.h5"
     infer_cam.main(["--index", str(cam_run / "index.json"), "--checkpoint", str(refined / "refined.pt"),
@@ -104,12 +134,10 @@ def test_round_one_labels_come_from_the_input_networks_cam_file(cam_run: Path, r
     cams = tmp_path / "cams.h5"
     infer_cam.main(["--index", str(cam_run / "index.json"), "--checkpoint", str(cam_run / "model.pt"),
                     "--split", "train_aug", "--scales", "1.0", "--no-flip", "--out", str(cams), "--device", "cpu"])
-    passes = []
-    original = stages.plmix.passes.write_cams
-    monkeypatch.setattr(stages.plmix.passes, "write_cams", lambda *a, **k: passes.append(a[2]) or original(*a, **k))
+    passes = _network_passes(monkeypatch)
     refine.main(cli_args(cam_run, tmp_path / "from_file", rounds=1, cams=cams))
     index = DatasetIndex.load(cam_run / "index.json")
-    assert passes == [index.ids("train")]  # the sweep's pass only
+    assert passes == [index.ids("train_aug")]  # the trained network's pass only: the sweep reads its file
     agree = total = 0
     for path in sorted((refined / "state" / "round1" / "labels").glob("*.png")):
         ours = read_label(tmp_path / "from_file" / "state" / "round1" / "labels" / path.name)
@@ -123,8 +151,12 @@ def test_round_one_labels_come_from_the_input_networks_cam_file(cam_run: Path, r
         refine.main(cli_args(cam_run, tmp_path / "bad", rounds=1, cams=flipped))
 
 
-def test_more_rounds_continue_and_fewer_take_an_earlier_round(cam_run: Path, refined: Path, capsys) -> None:
-    fewer = cli_args(cam_run, refined, rounds=1, out=refined / "one.pt", rounds_csv=refined / "one.csv")
+def test_more_rounds_continue_and_fewer_take_an_earlier_round(cam_run: Path, refined: Path, capsys,
+                                                               monkeypatch) -> None:
+    index = DatasetIndex.load(cam_run / "index.json")
+    passes = _network_passes(monkeypatch)
+    fewer = cli_args(cam_run, refined, rounds=1, out=refined / "one.pt", out_cams=refined / "one.h5",
+                     rounds_csv=refined / "one.csv")
     refine.main(fewer)
     assert "resuming after round 1" in capsys.readouterr().err
     one = load_checkpoint(refined / "one.pt")
@@ -132,12 +164,20 @@ def test_more_rounds_continue_and_fewer_take_an_earlier_round(cam_run: Path, ref
     round1 = load_checkpoint(refined / "state" / "round1" / "model.pt")["model"]
     assert all(torch.equal(one["model"][k], v) for k, v in round1.items())
     assert list(pd.read_csv(refined / "one.csv")["round"]) == [0, 1]
+    assert passes == [index.ids("train_aug")]  # round 1's CAM file was let go: made again
+    with CamReader(refined / "one.h5") as reader:
+        assert reader.meta.checkpoint_sha256 == file_sha256(refined / "one.pt")
 
-    more = cli_args(cam_run, refined, rounds=3, out=refined / "three.pt", rounds_csv=refined / "three.csv")
+    passes.clear()
+    more = cli_args(cam_run, refined, rounds=3, out=refined / "three.pt", out_cams=refined / "three.h5",
+                    rounds_csv=refined / "three.csv")
     refine.main(more)
     err = capsys.readouterr().err
     assert "resuming after round 2" in err and "round 3/3" in err and "round 1/" not in err
     assert list(pd.read_csv(refined / "three.csv")["round"]) == [0, 1, 2, 3]
+    assert passes == [index.ids("train_aug")]  # round 3's labels read round 2's file; one pass after training
+    assert not (refined / "state" / "round2" / "cams.h5").exists()
+    assert _entries(refined / "refined_cams.h5").keys() == _entries(refined / "three.h5").keys()  # a link let go
 
 
 def test_changed_settings_start_over(tmp_path: Path, capsys) -> None:
@@ -164,6 +204,8 @@ def test_resume_after_sigkill_matches_uninterrupted(cam_run: Path, refined: Path
     a, b = load_checkpoint(refined / "refined.pt"), load_checkpoint(tmp_path / "refined.pt")
     assert a["meta"] == b["meta"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    a, b = _entries(refined / "refined_cams.h5"), _entries(tmp_path / "refined_cams.h5")
+    assert a.keys() == b.keys() and all(np.array_equal(a[i][0], b[i][0]) for i in a)
     for r in (1, 2):
         metrics = [pd.read_csv(d / "state" / f"round{r}" / "train_metrics.csv").drop(columns=TIMING_COLUMNS)
                    for d in (refined, tmp_path)]
@@ -181,6 +223,7 @@ def test_torchrun_two_processes_gloo(cam_run: Path, tmp_path: Path) -> None:
     index = DatasetIndex.load(cam_run / "index.json")
     labels = sorted(p.stem for p in (tmp_path / "state" / "round1" / "labels").glob("*.png"))
     assert labels == sorted(index.ids("train_aug"))  # both ranks' shards
+    assert sorted(_entries(tmp_path / "refined_cams.h5")) == sorted(index.ids("train_aug"))  # merged
 
 
 def test_bad_arguments_are_named(cam_run: Path, tmp_path: Path) -> None:

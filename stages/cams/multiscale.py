@@ -6,8 +6,10 @@ the image-level labels list are kept.
 """
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
-from stages.io.cam_store import CamWriter
-from stages.runtime.distributed import DistContext, autocast
+from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
+from stages.runtime.distributed import DistContext, autocast, barrier
+from stages.runtime.progress import progress_bar
 
 _NORM_EPS = 1e-5
 
@@ -103,3 +106,30 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
             writer.write(image_id, kept.cpu().numpy(), present)
         if on_batch is not None:
             on_batch(len(batch_ids))
+
+
+def network_cam_meta(index: DatasetIndex, split: str, net_meta: dict[str, Any], checkpoint_sha256: str,
+                     scales: Sequence[float], flip: bool) -> CamFileMeta:
+    """What a CAM file of ``split`` made by a CAM network file (its meta and hash) says of itself."""
+    refinement = net_meta.get("refinement")
+    return CamFileMeta(dataset=index.name, split=split, classes=tuple(index.classes), backbone=net_meta["backbone"],
+                       scales=tuple(scales), flip=flip, checkpoint_sha256=checkpoint_sha256,
+                       refinement=json.dumps(refinement, sort_keys=True) if refinement is not None else "")
+
+
+def infer_to_file(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], out: str | os.PathLike,
+                  meta: CamFileMeta, scales: Sequence[float], flip: bool, batch_size: int, ctx: DistContext,
+                  workers: int = 0) -> None:
+    """The CAM file ``out`` of ``ids``, complete (or absent) when any process returns.
+
+    Under DDP every rank writes a shard of the ids and rank 0 merges them.
+    """
+    my_ids = list(ids)[ctx.rank::ctx.world_size]
+    target = shard_path(out, ctx.rank) if ctx.distributed else out
+    with progress_bar(total=len(my_ids), desc=f"CAMs {meta.split}", unit="img", disable=not ctx.is_main) as bar, \
+            CamWriter(target, meta) as writer:
+        write_cams(net, index, my_ids, writer, scales, flip, batch_size, ctx, workers=workers, on_batch=bar.update)
+    barrier(ctx)
+    if ctx.distributed and ctx.is_main:
+        merge_shards([shard_path(out, r) for r in range(ctx.world_size)], out, meta)
+    barrier(ctx)

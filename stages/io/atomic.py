@@ -77,6 +77,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def publish_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """``path`` with ``source``'s bytes, atomically: a hard link where the file system allows (no
+    copy; deleting either name later leaves the other whole), a copy where it does not."""
+    with atomic_path(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 @contextlib.contextmanager
 def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder to fill; it replaces ``directory`` only if the block

@@ -310,6 +310,13 @@ class CamReader:
                            f"(split {self.meta.split!r}), e.g. {missing[:5]}")
 
 
+def update_meta(path: str | os.PathLike, meta: CamFileMeta) -> None:
+    """Rewrite a complete CAM file's attributes in place: for CAMs written before the network
+    file they came from existed under its final meta (PL-Mix's rounds hash it after the sweep)."""
+    with h5py.File(path, "r+") as f:
+        f.attrs.update(meta.to_attrs())
+
+
 def merge_shards(shards: Sequence[str | os.PathLike], path: str | os.PathLike, meta: CamFileMeta) -> None:
     """Join per-rank shard files into one CAM file (atomically), then delete the shards."""
     with CamWriter(path, meta) as writer:

@@ -1,9 +1,11 @@
-"""Whole-image passes of the network being refined: a round's pseudo labels and its re-evaluation.
+"""What a round makes of a CAM file of the network being refined: pseudo labels and the sweep.
 
-Both run the CAM inference of infer_cam (``write_cams``: the given scales and flip, present
-classes only, each map divided by its maximum) and consume each image's CAMs as they come, so
-nothing is stored but the label PNGs. Under DDP every rank takes a shard of the ids; the sweep's
-confusion matrices are summed over ranks.
+The round's pass writes the network's CAMs of the training split to a CAM file, as infer_cam
+would (``stages.cams.multiscale``: the given scales and flip, present classes only, each map
+divided by its maximum, 8 bits); the threshold sweep and the next round's pseudo labels both
+read that file, so each image is inferred once per round, and the last round's file is the
+refinement's CAM file. Under DDP every rank takes a shard of the ids; the sweep's confusion
+matrices are summed over ranks.
 """
 from __future__ import annotations
 
@@ -77,34 +79,27 @@ class _LabelSink:
             self.pending.popleft().get()
 
 
-def write_round_labels(net: CAMNet, index: DatasetIndex, split: str, threshold: float, crf: CRFParams,
-                       inference: CamInference, out_dir: Path, ctx: DistContext, crf_workers: int,
-                       cams: CamReader | None = None) -> None:
+def write_round_labels(cams: CamReader, index: DatasetIndex, split: str, threshold: float, crf: CRFParams,
+                       out_dir: Path, ctx: DistContext, crf_workers: int) -> None:
     """<id>.png pseudo labels (CRF at background score ``threshold``) for every image of ``split``.
 
-    The CAMs come from a pass of ``net``, or from ``cams`` when that file holds this very
-    network's CAMs (round 1: infer_cam's file of the input network; the caller checks it).
-    Each PNG is written atomically, so ids whose PNG exists are complete and skipped: a killed
-    pass resumes where it stopped.
+    ``cams`` holds the CAMs of the network the labels belong to (the caller checks it). Each PNG
+    is written atomically, so ids whose PNG exists are complete and skipped: a killed pass
+    resumes where it stopped.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in index.ids(split)[ctx.rank::ctx.world_size] if not (out_dir / f"{i}.png").is_file()]
     settings = PseudoLabelSettings(threshold=threshold, ignore_band=0.0, crf=crf, num_classes=index.num_classes)
-    net.eval()
     if todo:
         with progress_bar(total=len(todo), desc=f"pseudo labels {split}", unit="img",
-                      disable=not ctx.is_main) as bar:
+                          disable=not ctx.is_main) as bar:
             # fork: workers need only numpy, PIL and pydensecrf, which the parent has imported
             pool = mp.get_context("fork").Pool(crf_workers) if crf_workers > 1 else None
             try:
                 sink = _LabelSink(index, settings, out_dir, pool, crf_workers)
-                if cams is None:
-                    write_cams(net, index, todo, sink, inference.scales, inference.flip, inference.batch_size,
-                               ctx, workers=inference.workers, on_batch=bar.update)
-                else:
-                    for image_id, entry in cams.entries(todo):
-                        sink.write(image_id, entry.cams, entry.class_indices)
-                        bar.update(1)
+                for image_id, entry in cams.entries(todo):
+                    sink.write(image_id, entry.cams, entry.class_indices)
+                    bar.update(1)
                 sink.finish()
             finally:
                 if pool is not None:
@@ -130,15 +125,25 @@ class _SweepSink:
             total.merge(one)
 
 
-def sweep_network(net: CAMNet, index: DatasetIndex, split: str, thresholds: np.ndarray,
-                  inference: CamInference, ctx: DistContext) -> list[ConfusionMatrix]:
-    """eval_cam's background-threshold sweep of the network's CAMs on ``split``, over all ranks."""
+def sweep_cams(cams: CamReader, net: CAMNet, index: DatasetIndex, split: str, thresholds: np.ndarray,
+               inference: CamInference, ctx: DistContext) -> list[ConfusionMatrix]:
+    """eval_cam's background-threshold sweep of the network's CAMs on ``split``, over all ranks.
+
+    Images of ``cams`` (the network's file of the training split) are read from it; any others
+    of ``split`` get a pass of ``net``.
+    """
     sink = _SweepSink(index, split, thresholds)
     ids = index.ids(split)[ctx.rank::ctx.world_size]
-    net.eval()
+    stored = [i for i in ids if i in cams]
+    missing = [i for i in ids if i not in cams]
     with progress_bar(total=len(ids), desc=f"sweep {split}", unit="img", disable=not ctx.is_main) as bar:
-        write_cams(net, index, ids, sink, inference.scales, inference.flip, inference.batch_size, ctx,
-                   workers=inference.workers, on_batch=bar.update)
+        for image_id, entry in cams.entries(stored):
+            sink.write(image_id, entry.cams, entry.class_indices)
+            bar.update(1)
+        if missing:
+            net.eval()
+            write_cams(net, index, missing, sink, inference.scales, inference.flip, inference.batch_size, ctx,
+                       workers=inference.workers, on_batch=bar.update)
     counts = torch.from_numpy(np.stack([np.append(m.matrix.ravel(), m.valid_gt) for m in sink.matrices]))
     counts = all_reduce_sum(counts.to(ctx.device), ctx).cpu().numpy()
     n = index.num_classes

@@ -2,20 +2,25 @@
 
 Round r (1..R), with ``camT`` the current background threshold:
 
-1. pseudo labels of the training split from the current network (CRF at ``camT``);
+1. pseudo labels of the training split (CRF at ``camT``) from the CAM file of the current
+   network: infer_cam's file of the input network for round 1, round r-1's file after that;
 2. + 3. ``steps`` training steps on mixed images (the trainer's loop: resumable, DDP, metrics);
-4. the threshold sweep on the evaluation split; its best threshold becomes ``camT``.
+4. one pass of the trained network over the training split into the round's CAM file, and the
+   threshold sweep on the evaluation split from it; its best threshold becomes ``camT``.
 
-A round's folder holds::
+Each image is thus inferred once per round, and the last round's CAM file is the refinement's
+CAM file (what infer_cam would make of its network). A round's folder holds::
 
     labels/<id>.png     the round's pseudo labels (kept for inspection)
     train.pt            the trainer's checkpoint within the round (deleted once done)
     train_metrics.csv   per-step loss terms
     model.pt            the network after the round, a CAM network file (infer_cam reads it)
+    cams.h5             its CAMs of the training split (deleted once the next round's labels are made)
     summary.json        the round's row of the rounds table (the store's done marker)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -27,15 +32,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from stages.cams.multiscale import infer_to_file, network_cam_meta
 from stages.cams.threshold import threshold_grid
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
 from stages.io.atomic import atomic_path
-from stages.io.cam_store import CamReader
-from stages.io.checkpoint import load_checkpoint, save_model
+from stages.io.cam_store import CamReader, update_meta
+from stages.io.checkpoint import file_sha256, load_checkpoint, save_model
 from stages.labels.crf import CRFParams
 from stages.models.cam_net import CAMNet
-from stages.plmix.passes import CamInference, sweep_network, write_round_labels
+from stages.plmix.passes import CamInference, sweep_cams, write_round_labels
 from stages.plmix.paste import PasteSettings
 from stages.plmix.training import CamsAndLogits, MixCollate, MixLoss, MixStep, PseudoLabelledCrops
 from stages.runtime.distributed import DistContext
@@ -43,6 +49,7 @@ from stages.runtime.rounds import RoundStore
 from stages.runtime.settings import TrainSettings
 from stages.runtime.trainer import train_loop
 
+CAMS_FILE = "cams.h5"  # a round's CAMs of the training split
 LOSS_TERMS = ("loss", "classification", "focal", "soft_iou", "soft_dice", "continuity")
 
 
@@ -78,6 +85,8 @@ class RoundState:
     completed: int
     threshold: float  # camT after the last completed round
     rows: list[dict[str, Any]]
+    model: Path | None = None  # the last completed round's network file
+    cams: Path | None = None  # its CAM file of the training split, while it is kept
 
 
 def refinement_meta(rounds: int, from_sha256: str, threshold: float) -> dict[str, Any]:
@@ -127,13 +136,40 @@ def _train_round(net: CAMNet, index: DatasetIndex, split: str, r: int, camT: flo
     return {**{term: float(steps[term].mean()) for term in LOSS_TERMS}, "skipped_steps": int(steps["skipped"].iloc[-1])}
 
 
-def _best_threshold(net: CAMNet, index: DatasetIndex, eval_split: str, settings: PLMixSettings,
+def _best_threshold(cams: CamReader, net: CAMNet, index: DatasetIndex, eval_split: str, settings: PLMixSettings,
                     inference: CamInference, ctx: DistContext) -> tuple[float, float]:
-    """Step 4: the sweep's best threshold and its mIoU."""
+    """Step 4's sweep: the best threshold and its mIoU."""
     thresholds = threshold_grid(*settings.threshold_range)
-    mious = np.array([m.miou() for m in sweep_network(net, index, eval_split, thresholds, inference, ctx)])
+    mious = np.array([m.miou() for m in sweep_cams(cams, net, index, eval_split, thresholds, inference, ctx)])
     best = int(np.nanargmax(mious))
     return float(thresholds[best]), float(mious[best])
+
+
+class RoundCams:
+    """The CAM files of the rounds' passes: written, found again on resume, and let go of."""
+
+    def __init__(self, store: RoundStore, index: DatasetIndex, split: str, inference: CamInference,
+                 ctx: DistContext) -> None:
+        self.store, self.index, self.split, self.inference, self.ctx = store, index, split, inference, ctx
+
+    def path(self, r: int) -> Path:
+        return self.store.round_dir(r) / CAMS_FILE
+
+    def write(self, net: CAMNet, out: Path, net_meta: dict[str, Any], checkpoint_sha256: str) -> None:
+        """The network's CAMs of the split into ``out`` (every rank takes part)."""
+        meta = network_cam_meta(self.index, self.split, net_meta, checkpoint_sha256, self.inference.scales,
+                                self.inference.flip)
+        net.eval()
+        infer_to_file(net, self.index, self.index.ids(self.split), out, meta, self.inference.scales,
+                      self.inference.flip, self.inference.batch_size, self.ctx, workers=self.inference.workers)
+
+    def labels_done(self, labels_dir: Path) -> bool:
+        return all((labels_dir / f"{i}.png").is_file() for i in self.index.ids(self.split))
+
+    def release(self, r: int) -> None:
+        """Round ``r``'s CAM file has served the next round's labels (rank 0 deletes it)."""
+        if self.ctx.is_main and r >= 1:
+            self.path(r).unlink(missing_ok=True)
 
 
 def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, start: tuple[float, float],
@@ -146,8 +182,9 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
     ``camT``, and row 0 of the rounds table. ``meta`` holds the settings (``state_meta``),
     ``net_meta`` the input network's meta, which each round's model file carries on.
     ``input_cams``, the unrefined network's CAM file of ``split`` (infer_cam's, with the
-    settings' scales and flip), gives round 1's labels without a pass of the network.
-    ``rounds_csv`` is rewritten after every round.
+    settings' scales and flip), gives round 1's labels without a pass of the network; a round
+    whose source file is missing (no ``input_cams``, or more rounds asked of a finished run)
+    makes it first. ``rounds_csv`` is rewritten after every round.
     """
     store = RoundStore(state_dir, meta, ctx)
     done = store.completed(settings.rounds)
@@ -159,20 +196,38 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
             print(f"resuming after round {len(done)} (camT {state.threshold:.3f})", file=sys.stderr)
     net.to(ctx.device)
     inference = CamInference(settings.scales, settings.flip, batch_size=ops.infer_batch_size)
+    files = RoundCams(store, index, split, inference, ctx)
     for r in range(state.completed + 1, settings.rounds + 1):
         round_dir, camT = store.round_dir(r), state.threshold
         if ctx.is_main:
             print(f"round {r}/{settings.rounds}: pseudo labels at camT {camT:.3f}", file=sys.stderr)
-        write_round_labels(net, index, split, camT, settings.crf, inference, round_dir / "labels", ctx,
-                           ops.crf_workers, cams=input_cams if r == 1 else None)
+        if not files.labels_done(round_dir / "labels"):
+            if r == 1 and input_cams is not None:
+                source = contextlib.nullcontext(input_cams)
+            else:
+                path = files.path(r - 1)
+                if r == 1 or not path.is_file():  # no input file, or a finished run asked for more rounds
+                    path = round_dir / "source_cams.h5"
+                    files.write(net, path, net_meta, "")
+                source = CamReader(path)
+            with source as cams:
+                write_round_labels(cams, index, split, camT, settings.crf, round_dir / "labels", ctx,
+                                   ops.crf_workers)
+        if ctx.is_main:
+            (round_dir / "source_cams.h5").unlink(missing_ok=True)
+        files.release(r - 1)
         terms = _train_round(net, index, split, r, camT, settings, training, round_dir, meta, ctx)
-        threshold, miou = _best_threshold(net, index, eval_split, settings, inference, ctx)
+        files.write(net, files.path(r), net_meta, "")  # provenance stamped once the model file exists
+        with CamReader(files.path(r)) as cams:
+            threshold, miou = _best_threshold(cams, net, index, eval_split, settings, inference, ctx)
         row = {"round": r, "label_threshold": camT, "paste_transform": settings.paste(r).transform, **terms,
                "eval_threshold": threshold, "eval_miou": miou}
         state = RoundState(r, threshold, state.rows + [row])
         if ctx.is_main:
-            refinement = refinement_meta(r, meta["from_checkpoint_sha256"], threshold)
-            save_model(round_dir / "model.pt", net, {**net_meta, "refinement": refinement})
+            round_meta = {**net_meta, "refinement": refinement_meta(r, meta["from_checkpoint_sha256"], threshold)}
+            save_model(round_dir / "model.pt", net, round_meta)
+            update_meta(files.path(r), network_cam_meta(index, split, round_meta, file_sha256(round_dir / "model.pt"),
+                                                        settings.scales, settings.flip))
         store.finish(r, row)
         if ctx.is_main:
             (round_dir / "train.pt").unlink(missing_ok=True)
@@ -180,4 +235,6 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
             print(f"round {r}: {eval_split} mIoU {miou:.4f} at camT {threshold:.3f}", file=sys.stderr)
     if ctx.is_main:
         _write_rows(rounds_csv, state.rows)
-    return state
+    cams = files.path(state.completed)
+    return dataclasses.replace(state, model=store.round_dir(state.completed) / "model.pt",
+                               cams=cams if cams.is_file() else None)

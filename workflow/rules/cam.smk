@@ -39,7 +39,8 @@ rule infer_cam:
     benchmark:
         "results/benchmarks/infer_cam-{cam_run}-{split}.tsv"
     # The raw CAM network (cam_run "cam") and refined ones ("refine/<name>") alike; refinements
-    # that write their CAM files themselves have rules of their own.
+    # that write their CAM files themselves have rules of their own (PL-Mix writes that of the
+    # inference split with its network: `ruleorder` in refine.smk).
     wildcard_constraints:
         cam_run="cam|refine/("
         + name_pattern(

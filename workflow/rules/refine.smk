@@ -1,3 +1,7 @@
+# PL-Mix writes its network's CAM file of the inference split itself; infer_cam makes the others.
+ruleorder: refine_plmix > infer_cam
+
+
 rule refine_plmix:
     input:
         index=INDEX,
@@ -7,6 +11,8 @@ rule refine_plmix:
         cams=f"results/cam/cams_{config['cam']['infer']['split']}.h5",
     output:
         model="results/refine/{refinement}/model.pt",
+        # the last round's pass: infer_cam would compute the same file again
+        cams=f"results/refine/{{refinement}}/cams_{config['cam']['infer']['split']}.h5",
         rounds="results/refine/{refinement}/rounds.csv",
     log:
         "results/logs/refine/{refinement}.log",
@@ -14,7 +20,7 @@ rule refine_plmix:
         "results/benchmarks/refine-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("plmix")),
-    priority: TRUNK_PRIORITY
+    priority: REFINEMENT_PRIORITY
     threads: side_by_side(4)
     resources:
         gpu=1,
@@ -44,7 +50,8 @@ rule refine_plmix:
         " --checkpoint {input.model} --best {input.best} --cams {input.cams} {params.options} {params.train}"
         " {params.inference}"
         " {params.sweep} {params.crf} --crf-workers {threads} {params.device}"
-        " --out {output.model} --rounds-csv {output.rounds} --state-dir {params.state_dir} > {log} 2>&1"
+        " --out {output.model} --out-cams {output.cams} --rounds-csv {output.rounds}"
+        " --state-dir {params.state_dir} > {log} 2>&1"
 
 
 # IRN refinement, part 1 (stages.refine_irn train): the affinity network, from the source's CAMs.
@@ -65,7 +72,7 @@ rule train_irn:
         "results/benchmarks/train_irn-{refinement}.tsv"
     wildcard_constraints:
         refinement=name_pattern(refinements_of("irn")),
-    priority: TRUNK_PRIORITY
+    priority: REFINEMENT_PRIORITY
     threads: side_by_side(4)
     resources:
         gpu=1,
