@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from stages import eval_cam, infer_cam
-from stages.cams.multiscale import same_size_batches
+from stages.cams.multiscale import canvas_key, grouped_batches, multiscale_cams
 from stages.cams.threshold import labels_at_threshold, sweep_thresholds, threshold_grid
 from stages.data.index import DatasetIndex
 from stages.io.cam_store import CamFileMeta, CamReader, CamWriter
@@ -167,9 +167,23 @@ def test_two_process_run_merges_shards(tiny_model, tmp_path):
         np.testing.assert_allclose(maps, reference[image_id][0], atol=2e-3)
 
 
-def test_same_size_batches_bound_pending_images():
+def test_grouped_batches_bound_pending_images():
     items = [(f"x{i}", torch.zeros(3, 4 + i % 3, 5)) for i in range(10)]
-    batches = list(same_size_batches(iter(items), batch_size=3, max_pending=4))
+    batches = list(grouped_batches(iter(items), batch_size=3, key=lambda t: t.shape, max_pending=4))
     assert sorted(i for ids, _ in batches for i in ids) == sorted(i for i, _ in items)
     for ids, images in batches:
-        assert len(ids) == images.shape[0] <= 3
+        assert len(ids) == len(images) <= 3 and len({t.shape for t in images}) == 1
+
+
+def test_images_of_different_sizes_share_a_pass_and_keep_their_own_cams():
+    """Padded to a common canvas, each image's CAMs are those it gets alone, at its own size."""
+    torch.manual_seed(0)
+    net = CAMNet("resnet18", num_classes=3, weights="none").eval()
+    a, b = torch.randn(3, 70, 90), torch.randn(3, 66, 84)
+    assert canvas_key(a, (1.0, 0.5)) == canvas_key(b, (1.0, 0.5)) == ((80, 96), (48, 48))
+    with torch.inference_mode():
+        together = multiscale_cams(net, [a, b], (1.0, 0.5), flip=True)
+        alone = [multiscale_cams(net, [t], (1.0, 0.5), flip=True)[0] for t in (a, b)]
+    assert [t.shape for t in together] == [(3, 70, 90), (3, 66, 84)]
+    for x, y in zip(together, alone):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)

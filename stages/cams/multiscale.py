@@ -1,15 +1,16 @@
 """Multi-scale, flipped CAM inference for whole images, streamed into a CAM store.
 
-Per image: raw CAMs at every scale (and of the mirrored image, mirrored back) are resized to the
-image size and summed; then ReLU, then each class map is divided by its maximum. Only the classes
-the image-level labels list are kept.
+Per image: at every scale the image is resized and padded (``SIZE_DIVISOR``); its raw CAMs (and
+those of the mirrored canvas, mirrored back) are cropped to the scaled image, resized to the image
+size and summed; then ReLU, then each class map is divided by its maximum. Only the classes the
+image-level labels list are kept.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,46 +41,83 @@ class ImagesById(Dataset):
         return image_id, to_tensor(load_rgb(self.index.image_path(image_id)))
 
 
-def same_size_batches(items: Iterable[tuple[str, torch.Tensor]], batch_size: int,
-                      max_pending: int | None = None) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """Group a stream of images into batches of equal size, holding at most ``max_pending``.
+# Every scaled image is padded (bottom and right, with zeros: the mean colour after normalising) to
+# a multiple of this, as mmsegmentation's ``size_divisor`` does, so that images of different sizes
+# share a forward pass: a batch of 8 costs less than half a single image's time per image on a CPU,
+# and the toy set's 400 train_aug images, 387 sizes (batches of one), fall into 89 groups.
+# 32 (the backbones' stride) pads up to a third of a small image with flat colour and cost the toy
+# set's raw CAMs 0.027 mIoU on `train` (0.307 -> 0.280, infer_cam 2.8x faster); 16 cost 0.002
+# (1.44x faster), 8 gained 0.002 (1.1x faster).
+SIZE_DIVISOR = 16
 
-    Padding to a common size would make an image's CAMs depend on its batch mates; grouping
-    keeps results independent of the batch size. When too many sizes are pending, the fullest
-    group goes out short.
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple(-(-n // SIZE_DIVISOR) * SIZE_DIVISOR for n in size)
+
+
+def canvas_key(image: torch.Tensor, scales: Sequence[float]) -> tuple[tuple[int, int], ...]:
+    """The padded canvas of an image at every scale: images with equal keys share passes."""
+    size = tuple(image.shape[-2:])
+    return tuple(padded_size(scaled_size(size, s)) for s in scales)
+
+
+def grouped_batches(items: Iterable[tuple[str, torch.Tensor]], batch_size: int,
+                    key: Callable[[torch.Tensor], Hashable],
+                    max_pending: int | None = None) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+    """Group a stream of images into batches of equal ``key``, holding at most ``max_pending``.
+
+    When too many groups are pending, the fullest goes out short.
     """
-    max_pending = max_pending or 4 * batch_size
-    pending: dict[tuple[int, ...], list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    max_pending = max_pending or 8 * batch_size
+    pending: dict[Hashable, list[tuple[str, torch.Tensor]]] = defaultdict(list)
     count = 0
     for image_id, image in items:
-        group = pending[tuple(image.shape)]
+        image_key = key(image)
+        group = pending[image_key]
         group.append((image_id, image))
         count += 1
         if len(group) < batch_size and count < max_pending:
             continue
-        key = tuple(image.shape) if len(group) >= batch_size else max(pending, key=lambda k: len(pending[k]))
-        out = pending.pop(key)
+        out_key = image_key if len(group) >= batch_size else max(pending, key=lambda k: len(pending[k]))
+        out = pending.pop(out_key)
         count -= len(out)
-        yield [i for i, _ in out], torch.stack([t for _, t in out])
+        yield [i for i, _ in out], [t for _, t in out]
     for out in pending.values():
-        yield [i for i, _ in out], torch.stack([t for _, t in out])
+        yield [i for i, _ in out], [t for _, t in out]
 
 
-def multiscale_cams(net: torch.nn.Module, images: torch.Tensor, scales: Sequence[float],
-                    flip: bool) -> torch.Tensor:
-    """Sum of raw CAMs over scales (and flips) at the input size: (B, C, H, W) float32."""
-    b, _, h, w = images.shape
-    total = None
+def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales: Sequence[float],
+                    flip: bool, channels_last: bool = False) -> list[torch.Tensor]:
+    """Per image (C, h, w) float32 at its own size: the sum of raw CAMs over scales (and flips).
+
+    ``images`` (each (3, h, w)) must share their ``canvas_key``; an image's CAMs depend on the
+    image alone, never on its batch mates or the batch size.
+    """
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    totals: list[torch.Tensor | None] = [None] * len(images)
     for s in scales:
-        x = images if s == 1 else F.interpolate(
-            images, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
+        scaled = [image[None] if s == 1 else F.interpolate(
+            image[None], size=scaled_size(size, s), mode="bilinear", align_corners=False)
+            for image, size in zip(images, sizes)]
+        canvas = padded_size(tuple(scaled[0].shape[-2:]))
+        x = torch.cat([F.pad(t, (0, canvas[1] - t.shape[-1], 0, canvas[0] - t.shape[-2])) for t in scaled])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = F.interpolate(net.cams(x).float(), size=(h, w), mode="bilinear", align_corners=False)
+        maps = F.interpolate(net.cams(x).float(), size=canvas, mode="bilinear", align_corners=False)
         if flip:
-            maps = maps[:b] + maps[b:].flip(-1)
-        total = maps if total is None else total + maps
-    return total
+            maps = maps[:len(images)] + maps[len(images):].flip(-1)
+        for i, (t, size) in enumerate(zip(scaled, sizes)):
+            own = maps[i:i + 1, :, :t.shape[-2], :t.shape[-1]]
+            if own.shape[-2:] != size:
+                own = F.interpolate(own, size=size, mode="bilinear", align_corners=False)
+            totals[i] = own[0] if totals[i] is None else totals[i] + own[0]
+    return totals
 
 
 def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
@@ -88,25 +126,26 @@ def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
     return cams / (cams.amax(dim=(-2, -1), keepdim=True) + _NORM_EPS)
 
 
-@torch.inference_mode()
 def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], writer: CamWriter,
                scales: Sequence[float], flip: bool, batch_size: int, ctx: DistContext,
                workers: int = 0, on_batch: Callable[[int], None] | None = None) -> None:
     """CAMs of the present classes of every image in ``ids``, each written as soon as it is done."""
     loader = DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers)
-    for batch_ids, images in same_size_batches(loader, batch_size):
-        images = images.to(ctx.device, non_blocking=True)
-        if ctx.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(ctx):
-            cams = multiscale_cams(net, images, scales, flip)
-        for image_id, image_cams in zip(batch_ids, cams):
-            present = np.asarray(index.labels[image_id], dtype=np.int64)
-            kept = normalise_cams(image_cams[torch.as_tensor(present - 1, device=image_cams.device)])
-            writer.write(image_id, kept.cpu().numpy(), present)
-        if on_batch is not None:
-            on_batch(len(batch_ids))
-
+    if ctx.channels_last:
+        # as the images (16% faster here than mixed layouts); before inference mode, so that a
+        # network still in training keeps ordinary parameters
+        net.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for batch_ids, images in grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales)):
+            images = [image.to(ctx.device, non_blocking=True) for image in images]
+            with autocast(ctx):
+                cams = multiscale_cams(net, images, scales, flip, ctx.channels_last)
+            for image_id, image_cams in zip(batch_ids, cams):
+                present = np.asarray(index.labels[image_id], dtype=np.int64)
+                kept = normalise_cams(image_cams[torch.as_tensor(present - 1, device=image_cams.device)])
+                writer.write(image_id, kept.cpu().numpy(), present)
+            if on_batch is not None:
+                on_batch(len(batch_ids))
 
 def network_cam_meta(index: DatasetIndex, split: str, net_meta: dict[str, Any], checkpoint_sha256: str,
                      scales: Sequence[float], flip: bool) -> CamFileMeta:

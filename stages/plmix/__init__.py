@@ -18,7 +18,9 @@ Reconstructed: the source does not give the following; the choices are exposed a
   loss weights (defaults in the config schema).
 - CAMs of the passes: infer_cam's scales and flip rather than one flipped scale, so that
   ``camT``, which comes from a sweep of exactly such CAMs (eval_cam's at the start), fits the
-  CAMs it thresholds.
+  CAMs it thresholds. They are stored at 8 bits in the round's CAM file, as infer_cam stores
+  them, and the sweep and the next round's labels read that file, as eval_cam and pseudo_labels
+  read infer_cam's.
 - Pseudo labels: argmax of a dense CRF over background (score ``camT``) and the image's classes,
   as stages.labels.pseudo makes them with no ignore band.
 - Paste mask: hard, the source pixels whose pseudo label is a foreground class; the source's

@@ -121,6 +121,10 @@ TRUNK_PRIORITY = 10
 # trunk jobs they go first, e.g. PL-Mix before the raw CAMs' pseudo labels (27 s earlier on the
 # default run's critical path).
 REFINEMENT_PRIORITY = 20
+# Segmenters before the jobs that only score them or draw panels (which feed nothing but the
+# summary): before, a 10 s evaluate that had taken a freed core delayed `ugrl`, the last job on the
+# critical path, by as much.
+SEGMENTER_PRIORITY = 1
 
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"

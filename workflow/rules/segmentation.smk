@@ -16,6 +16,7 @@ rule train_seg:
         "results/logs/train_seg/{variant}.log",
     benchmark:
         "results/benchmarks/train_seg-{variant}.tsv"
+    priority: SEGMENTER_PRIORITY
     threads: side_by_side(4)
     resources:
         gpu=1,
