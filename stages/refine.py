@@ -25,8 +25,8 @@ from stages.cams.multiscale import infer_to_file, network_cam_meta
 from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
-from stages.io.cam_store import CamReader
 from stages.io.atomic import publish_copy
+from stages.io.cam_store import CamReader
 from stages.io.checkpoint import check_meta, file_sha256, load_checkpoint
 from stages.labels.crf import add_crf_arguments, crf_params_from
 from stages.models.cam_net import CAMNet, load_cam_net

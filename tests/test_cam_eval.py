@@ -180,10 +180,10 @@ def test_images_of_different_sizes_share_a_pass_and_keep_their_own_cams():
     torch.manual_seed(0)
     net = CAMNet("resnet18", num_classes=3, weights="none").eval()
     a, b = torch.randn(3, 70, 90), torch.randn(3, 66, 84)
-    assert canvas_key(a, (1.0, 0.5)) == canvas_key(b, (1.0, 0.5)) == ((80, 96), (48, 48))
+    assert canvas_key(a, (1.0, 0.5), 16) == canvas_key(b, (1.0, 0.5), 16) == ((80, 96), (48, 48))
     with torch.inference_mode():
-        together = multiscale_cams(net, [a, b], (1.0, 0.5), flip=True)
-        alone = [multiscale_cams(net, [t], (1.0, 0.5), flip=True)[0] for t in (a, b)]
+        together = multiscale_cams(net, [a, b], (1.0, 0.5), flip=True, size_divisor=16)
+        alone = [multiscale_cams(net, [t], (1.0, 0.5), flip=True, size_divisor=16)[0] for t in (a, b)]
     assert [t.shape for t in together] == [(3, 70, 90), (3, 66, 84)]
     for x, y in zip(together, alone):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)

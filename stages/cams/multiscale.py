@@ -55,14 +55,14 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def padded_size(size: tuple[int, int]) -> tuple[int, int]:
-    return tuple(-(-n // SIZE_DIVISOR) * SIZE_DIVISOR for n in size)
+def padded_size(size: tuple[int, int], divisor: int) -> tuple[int, int]:
+    return tuple(-(-n // divisor) * divisor for n in size)
 
 
-def canvas_key(image: torch.Tensor, scales: Sequence[float]) -> tuple[tuple[int, int], ...]:
+def canvas_key(image: torch.Tensor, scales: Sequence[float], divisor: int) -> tuple[tuple[int, int], ...]:
     """The padded canvas of an image at every scale: images with equal keys share passes."""
     size = tuple(image.shape[-2:])
-    return tuple(padded_size(scaled_size(size, s)) for s in scales)
+    return tuple(padded_size(scaled_size(size, s), divisor) for s in scales)
 
 
 def grouped_batches(items: Iterable[tuple[str, torch.Tensor]], batch_size: int,
@@ -91,11 +91,12 @@ def grouped_batches(items: Iterable[tuple[str, torch.Tensor]], batch_size: int,
 
 
 def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales: Sequence[float],
-                    flip: bool, channels_last: bool = False) -> list[torch.Tensor]:
+                    flip: bool, channels_last: bool = False,
+                    size_divisor: int = SIZE_DIVISOR) -> list[torch.Tensor]:
     """Per image (C, h, w) float32 at its own size: the sum of raw CAMs over scales (and flips).
 
     ``images`` (each (3, h, w)) must share their ``canvas_key``; an image's CAMs depend on the
-    image alone, never on its batch mates or the batch size.
+    image alone, never on its batch mates or the batch size. ``size_divisor`` 1: no padding.
     """
     sizes = [tuple(image.shape[-2:]) for image in images]
     totals: list[torch.Tensor | None] = [None] * len(images)
@@ -103,7 +104,7 @@ def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales
         scaled = [image[None] if s == 1 else F.interpolate(
             image[None], size=scaled_size(size, s), mode="bilinear", align_corners=False)
             for image, size in zip(images, sizes)]
-        canvas = padded_size(tuple(scaled[0].shape[-2:]))
+        canvas = padded_size(tuple(scaled[0].shape[-2:]), size_divisor)
         x = torch.cat([F.pad(t, (0, canvas[1] - t.shape[-1], 0, canvas[0] - t.shape[-2])) for t in scaled])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -128,7 +129,8 @@ def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
 
 def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], writer: CamWriter,
                scales: Sequence[float], flip: bool, batch_size: int, ctx: DistContext,
-               workers: int = 0, on_batch: Callable[[int], None] | None = None) -> None:
+               workers: int = 0, on_batch: Callable[[int], None] | None = None,
+               size_divisor: int = SIZE_DIVISOR) -> None:
     """CAMs of the present classes of every image in ``ids``, each written as soon as it is done."""
     loader = DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers)
     if ctx.channels_last:
@@ -136,10 +138,11 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
         # network still in training keeps ordinary parameters
         net.to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        for batch_ids, images in grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales)):
+        batches = grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales, size_divisor))
+        for batch_ids, images in batches:
             images = [image.to(ctx.device, non_blocking=True) for image in images]
             with autocast(ctx):
-                cams = multiscale_cams(net, images, scales, flip, ctx.channels_last)
+                cams = multiscale_cams(net, images, scales, flip, ctx.channels_last, size_divisor)
             for image_id, image_cams in zip(batch_ids, cams):
                 present = np.asarray(index.labels[image_id], dtype=np.int64)
                 kept = normalise_cams(image_cams[torch.as_tensor(present - 1, device=image_cams.device)])

@@ -108,7 +108,7 @@ def write_round_labels(cams: CamReader, index: DatasetIndex, split: str, thresho
     barrier(ctx)
 
 
-class _SweepSink:
+class SweepSink:
     """Accumulates, per threshold, the confusion matrix of the CAM labels against the masks."""
 
     def __init__(self, index: DatasetIndex, split: str, thresholds: np.ndarray) -> None:
@@ -132,7 +132,7 @@ def sweep_cams(cams: CamReader, net: CAMNet, index: DatasetIndex, split: str, th
     Images of ``cams`` (the network's file of the training split) are read from it; any others
     of ``split`` get a pass of ``net``.
     """
-    sink = _SweepSink(index, split, thresholds)
+    sink = SweepSink(index, split, thresholds)
     ids = index.ids(split)[ctx.rank::ctx.world_size]
     stored = [i for i in ids if i in cams]
     missing = [i for i in ids if i not in cams]
