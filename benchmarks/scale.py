@@ -1,6 +1,6 @@
 """Memory and time of infer_cam, pseudo_labels and evaluate as the number of images grows.
 
-    python benchmarks/scale.py --sizes 1000 10000 [--workdir DIR] [--pseudo-workers 1 2]
+    python -m benchmarks.scale --sizes 1000 10000 [--workdir DIR] [--pseudo-workers 1 2]
 
 The stages stream images and HDF5 entries, so their peak memory must not grow with the split;
 their time should grow linearly. This script makes one toy set as large as the largest size
@@ -38,11 +38,11 @@ import sys
 import time
 from pathlib import Path
 
+from stages.runtime.settings import TrainSettings, training_argv
+
 REPO = Path(__file__).resolve().parents[1]
 TOY = dict(num_classes=8, min_size=64, max_size=96, seed=0)
-TRAIN = dict(crop_size=64, scale_range=[0.7, 1.3], color_jitter=0.3, batch_size=8, steps=5, optimizer="sgd",
-             lr=0.01, head_lr_mult=10, weight_decay=0.0001, checkpoint_every=100, seed=0, class_balance=0.0,
-             num_workers=0, on_nonfinite="stop", max_skipped=10)
+TRAIN = training_argv(TrainSettings(crop_size=64, batch_size=8, steps=5))  # the rest at the schema's defaults
 # The schema's defaults, so the measured work per image is what a default run does.
 INFER = ["--scales", "1.0", "0.5", "1.5", "--flip"]
 PSEUDO = ["--threshold", "0.25", "--ignore-band", "0.05", "--use-crf", "--iterations", "10", "--gaussian-sxy", "3",
@@ -185,7 +185,7 @@ def train_models(full: Path, size: int, workdir: Path, pseudo_workers: int, thre
     if not cam.exists():
         run(stage("train_cam", "--index", index, "--split", "train_aug", "--out", cam,
                   "--checkpoint", out / "cam_ckpt.pt", "--metrics", out / "cam_metrics.csv", "--backbone", "resnet18",
-                  "--weights", "none", "--pooling", "gap", *flags(TRAIN), "--device", "cpu"),
+                  "--weights", "none", "--pooling", "gap", *TRAIN, "--device", "cpu"),
             out / "train_cam.log", threads)
     if not seg.exists():
         cams, pseudo = out / "cams.h5", out / "pseudo"
@@ -195,7 +195,7 @@ def train_models(full: Path, size: int, workdir: Path, pseudo_workers: int, thre
                   "--workers", pseudo_workers, "--out-dir", pseudo), out / "pseudo_labels.log", threads)
         run(stage("train_seg", "--index", index, "--split", "train_aug", "--method", "ce", "--pseudo-labels", pseudo,
                   "--backbone", "resnet18", "--weights", "none", "--decoder", "aspp", "--out", seg,
-                  "--checkpoint", out / "seg_ckpt.pt", "--metrics", out / "seg_metrics.csv", *flags(TRAIN),
+                  "--checkpoint", out / "seg_ckpt.pt", "--metrics", out / "seg_metrics.csv", *TRAIN,
                   "--device", "cpu"), out / "train_seg.log", threads)
     return cam, seg
 

@@ -124,7 +124,7 @@ def test_train_block_is_train_settings():
     import argparse
     import dataclasses
 
-    from stages.runtime.settings import TrainSettings, add_training_arguments
+    from stages.runtime.settings import TrainSettings, add_training_arguments, settings_from, training_argv
 
     block = _schema()["$defs"]["train"]["properties"]
     fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
@@ -136,6 +136,8 @@ def test_train_block_is_train_settings():
     add_training_arguments(parser)
     flags = {a.dest for a in parser._actions} - {"help", "device", "precision"}
     assert flags == fields.keys()
+    changed = TrainSettings(crop_size=64, scale_range=(0.5, 2.0), optimizer="adamw", effective_batch_size=32)
+    assert settings_from(parser.parse_args(training_argv(changed))) == changed  # the flags' inverse
 
 
 def test_variant_seg_override_reaches_only_its_job(tmp_path):

@@ -86,6 +86,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(g)
 
 
+def training_argv(settings: TrainSettings) -> list[str]:
+    """The flags of ``add_training_arguments`` that give ``settings`` back (fields left at None are
+    left out): for scripts that start a stage outside the workflow."""
+    argv: list[str] = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is not None:
+            argv += [_flag(field.name), *(str(v) for v in (value if isinstance(value, tuple) else [value]))]
+    return argv
+
+
 def settings_from(args: argparse.Namespace) -> TrainSettings:
     """The ``TrainSettings`` that ``add_training_arguments``' flags hold."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
