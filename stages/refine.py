@@ -21,18 +21,17 @@ import contextlib
 import sys
 from pathlib import Path
 
-from stages.cams.multiscale import infer_to_file, network_cam_meta
 from stages.cams.threshold import read_best
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
 from stages.io.atomic import publish_copy
 from stages.io.cam_store import CamReader
-from stages.io.checkpoint import check_meta, file_sha256, load_checkpoint
+from stages.io.checkpoint import check_meta, file_sha256
 from stages.labels.crf import add_crf_arguments, crf_params_from
-from stages.models.cam_net import CAMNet, load_cam_net
+from stages.models.cam_net import load_cam_net
 from stages.plmix.rounds import Operations, PLMixSettings, RoundState, run_rounds, state_meta
 from stages.plmix.training import MixLoss
-from stages.runtime.distributed import DistContext, barrier, distributed_session
+from stages.runtime.distributed import distributed_session
 from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import NonFiniteLossError
 
@@ -120,23 +119,12 @@ def check_input_cams(cams: CamReader, args: argparse.Namespace, settings: PLMixS
     cams.check_matches(index, index.ids(args.split))
 
 
-def write_outputs(state: RoundState, net: CAMNet, index: DatasetIndex, args: argparse.Namespace,
-                  settings: PLMixSettings, ctx: DistContext) -> None:
-    """The last round's network file and its CAM file as the stage's outputs; the CAM file is
-    made again only when the rounds no longer hold it (fewer rounds asked of a finished run)."""
-    if ctx.is_main:
-        publish_copy(state.model, args.out)  # the same bytes: the CAM file's hash names it
-    barrier(ctx)
-    if state.cams is None:
-        meta = network_cam_meta(index, args.split, load_checkpoint(args.out)["meta"], file_sha256(args.out),
-                                 settings.scales, settings.flip)
-        infer_to_file(net.eval(), index, index.ids(args.split), args.out_cams, meta, settings.scales,
-                      settings.flip, args.infer_batch_size, ctx)
-    elif ctx.is_main:
-        publish_copy(state.cams, args.out_cams)
-    if ctx.is_main:
-        print(f"refined CAM network written to {args.out} and its CAMs to {args.out_cams} after {args.rounds} "
-              f"round(s); final camT {state.threshold:.3f}")
+def write_outputs(state: RoundState, args: argparse.Namespace) -> None:
+    """The last round's network file and its CAM file, as the stage's outputs (rank 0)."""
+    publish_copy(state.model, args.out)  # the same bytes: the CAM file's hash names it
+    publish_copy(state.cams, args.out_cams)
+    print(f"refined CAM network written to {args.out} and its CAMs to {args.out_cams} after {args.rounds} "
+          f"round(s); final camT {state.threshold:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                                    args.state_dir, args.rounds_csv, meta, source_meta, ctx, input_cams=cams)
             except NonFiniteLossError as exc:
                 sys.exit(f"refine: {exc}; no model written to {args.out}")
-        write_outputs(state, net, index, args, settings, ctx)
+        if ctx.is_main:
+            write_outputs(state, args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from conftest import snakemake
 # its 2 CPUs (training rules ask for 4 threads), and short polling so each job takes seconds.
 # `--set-threads` gives every job the threads it had in the local run (--cores 2: one after
 # train_cam, `side_by_side`; a cluster run would give two here): CPU kernels split their sums by
-# thread count, and on the toy set 1 and 2 threads gave 68 of 400 CAM entries that differ by one
+# thread count, and on the toy set 1 and 2 threads gave (by hand) 68 of 400 CAM entries that differ by one
 # 8-bit level, which can move a pseudo-label pixel (one did, in one suite run).
 CLUSTER_OVERRIDES = ["--slurm-no-account", "--slurm-status-command", "squeue", "--max-threads", "2",
                      "--set-threads", *(f"{rule}=1" for rule in ("infer_cam", "pseudo_labels", "train_seg",

@@ -37,7 +37,7 @@ from stages.cams.threshold import threshold_grid
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
 from stages.io.atomic import atomic_path
-from stages.io.cam_store import CamReader, update_meta
+from stages.io.cam_store import CamFileMeta, CamReader, update_meta
 from stages.io.checkpoint import file_sha256, load_checkpoint, save_model
 from stages.labels.crf import CRFParams
 from stages.models.cam_net import CAMNet
@@ -85,8 +85,8 @@ class RoundState:
     completed: int
     threshold: float  # camT after the last completed round
     rows: list[dict[str, Any]]
-    model: Path | None = None  # the last completed round's network file
-    cams: Path | None = None  # its CAM file of the training split, while it is kept
+    model: Path | None = None  # the last completed round's network file (set when the rounds end)
+    cams: Path | None = None  # its CAM file of the training split (likewise)
 
 
 def refinement_meta(rounds: int, from_sha256: str, threshold: float) -> dict[str, Any]:
@@ -155,16 +155,23 @@ class RoundCams:
     def path(self, r: int) -> Path:
         return self.store.round_dir(r) / CAMS_FILE
 
-    def write(self, net: CAMNet, out: Path, net_meta: dict[str, Any], checkpoint_sha256: str) -> None:
-        """The network's CAMs of the split into ``out`` (every rank takes part)."""
-        meta = network_cam_meta(self.index, self.split, net_meta, checkpoint_sha256, self.inference.scales,
+    def meta(self, net_meta: dict[str, Any], checkpoint_sha256: str) -> CamFileMeta:
+        return network_cam_meta(self.index, self.split, net_meta, checkpoint_sha256, self.inference.scales,
                                 self.inference.flip)
+
+    def write(self, net: CAMNet, out: Path, meta: CamFileMeta) -> None:
+        """The network's CAMs of the split into ``out`` (every rank takes part)."""
         net.eval()
         infer_to_file(net, self.index, self.index.ids(self.split), out, meta, self.inference.scales,
                       self.inference.flip, self.inference.batch_size, self.ctx, workers=self.inference.workers)
 
-    def labels_done(self, labels_dir: Path) -> bool:
-        return all((labels_dir / f"{i}.png").is_file() for i in self.index.ids(self.split))
+    def of_model(self, net: CAMNet, r: int) -> Path:
+        """Round ``r``'s CAM file, made again from its model file (``net`` holds those weights) when
+        a later round's labels let it go: fewer rounds asked of a finished run."""
+        path, model = self.path(r), self.store.round_dir(r) / "model.pt"
+        if not path.is_file():
+            self.write(net, path, self.meta(load_checkpoint(model)["meta"], file_sha256(model)))
+        return path
 
     def release(self, r: int) -> None:
         """Round ``r``'s CAM file has served the next round's labels (rank 0 deletes it)."""
@@ -201,14 +208,14 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
         round_dir, camT = store.round_dir(r), state.threshold
         if ctx.is_main:
             print(f"round {r}/{settings.rounds}: pseudo labels at camT {camT:.3f}", file=sys.stderr)
-        if not files.labels_done(round_dir / "labels"):
+        if not all((round_dir / "labels" / f"{i}.png").is_file() for i in index.ids(split)):
             if r == 1 and input_cams is not None:
                 source = contextlib.nullcontext(input_cams)
             else:
                 path = files.path(r - 1)
                 if r == 1 or not path.is_file():  # no input file, or a finished run asked for more rounds
                     path = round_dir / "source_cams.h5"
-                    files.write(net, path, net_meta, "")
+                    files.write(net, path, files.meta(net_meta, ""))
                 source = CamReader(path)
             with source as cams:
                 write_round_labels(cams, index, split, camT, settings.crf, round_dir / "labels", ctx,
@@ -217,7 +224,7 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
             (round_dir / "source_cams.h5").unlink(missing_ok=True)
         files.release(r - 1)
         terms = _train_round(net, index, split, r, camT, settings, training, round_dir, meta, ctx)
-        files.write(net, files.path(r), net_meta, "")  # provenance stamped once the model file exists
+        files.write(net, files.path(r), files.meta(net_meta, ""))  # its hash is stamped once the model file exists
         with CamReader(files.path(r)) as cams:
             threshold, miou = _best_threshold(cams, net, index, eval_split, settings, inference, ctx)
         row = {"round": r, "label_threshold": camT, "paste_transform": settings.paste(r).transform, **terms,
@@ -226,8 +233,7 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
         if ctx.is_main:
             round_meta = {**net_meta, "refinement": refinement_meta(r, meta["from_checkpoint_sha256"], threshold)}
             save_model(round_dir / "model.pt", net, round_meta)
-            update_meta(files.path(r), network_cam_meta(index, split, round_meta, file_sha256(round_dir / "model.pt"),
-                                                        settings.scales, settings.flip))
+            update_meta(files.path(r), files.meta(round_meta, file_sha256(round_dir / "model.pt")))
         store.finish(r, row)
         if ctx.is_main:
             (round_dir / "train.pt").unlink(missing_ok=True)
@@ -235,6 +241,5 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
             print(f"round {r}: {eval_split} mIoU {miou:.4f} at camT {threshold:.3f}", file=sys.stderr)
     if ctx.is_main:
         _write_rows(rounds_csv, state.rows)
-    cams = files.path(state.completed)
     return dataclasses.replace(state, model=store.round_dir(state.completed) / "model.pt",
-                               cams=cams if cams.is_file() else None)
+                               cams=files.of_model(net, state.completed))
