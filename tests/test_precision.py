@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stages.errors import InputError
-from stages.runtime.distributed import DistContext, autocast, native_bf16, use_bf16
+from stages.runtime.distributed import DistContext, autocast, inference_copy, native_bf16, use_bf16
 from stages.runtime.hooks import TrainHooks
 from stages.runtime.settings import TrainSettings
 from stages.runtime.trainer import train_loop
@@ -29,6 +29,25 @@ def test_autocast_computes_convolutions_in_the_context_precision(bf16: bool) -> 
         out = conv(torch.randn(1, 3, 8, 8))
     assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert ctx.channels_last == bf16  # on CPU, only bf16 (oneDNN's kernels) goes channels-last
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_inference_copy_casts_once_and_leaves_the_model_alone(bf16: bool) -> None:
+    ctx = DistContext(0, 1, 0, CPU, bf16=bf16)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    net.to(memory_format=torch.channels_last)
+    frozen = inference_copy(net, ctx)
+    assert (frozen is not net) == bf16
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the training's weights stay fp32
+    weight = frozen[0].weight
+    assert weight.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), autocast(ctx):
+        expected = net(x).float()
+    got = frozen(x.to(weight.dtype)).float()
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)
 
 
 class ConvStep(TrainHooks):

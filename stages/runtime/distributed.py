@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -115,6 +116,19 @@ def autocast(ctx: DistContext) -> contextlib.AbstractContextManager:
     if ctx.bf16:
         return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def inference_copy(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` for many small forward passes without gradients: where ``ctx`` computes in bf16, a
+    copy with bf16 weights (and ``model``'s memory layout), which takes bf16 inputs and no autocast.
+
+    Autocast casts the weights of a network without gradients again at every call (its cache
+    holds only leaves that require grad): for one toy image through resnet18 that cast was half
+    the pass (21 ms fp32, 18 with autocast, 10 with bf16 weights; 1 thread, by hand).
+    """
+    if not ctx.bf16:
+        return model
+    return copy.deepcopy(model).to(dtype=torch.bfloat16)
 
 
 @contextlib.contextmanager

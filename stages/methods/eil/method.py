@@ -184,7 +184,7 @@ class EIL(Method):
         generator = torch.Generator().manual_seed(self.seed * 1009 + r)
         classifier = self.teacher.decoder.classifier
         explorer = Explorer(self.teacher, self.agent, settings, classifier.out_channels,
-                            self.agent.action_dim, generator, ctx.dist.device)
+                            self.agent.action_dim, generator, ctx.dist)
         current = self.labels_dir(ctx, r - 1)
 
         def image(image_id: str):
