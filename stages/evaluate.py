@@ -28,7 +28,7 @@ from stages.io.label_png import colorize, read_label, write_label
 from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, dense_crf
 from stages.methods.registry import load_trained_model
 from stages.metrics.confusion import ConfusionMatrix
-from stages.runtime.distributed import DistContext, add_device_arguments, autocast, distributed_session
+from stages.runtime.distributed import DistContext, add_device_arguments, autocast, distributed_session, inference_copy
 from stages.runtime.progress import progress_bar
 
 SINGLE, MULTISCALE, MULTISCALE_CRF = "single", "multiscale", "multiscale+crf"
@@ -64,6 +64,8 @@ def predict_probs(model: nn.Module, image: np.ndarray, scales: Sequence[float], 
                   ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (K, H, W) at scale 1 alone, and averaged over ``scales`` (x flip)."""
     x = to_tensor(image).unsqueeze(0).to(ctx.device)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     h, w = image.shape[:2]
 
     def probs_at(scale: float, flipped: bool) -> torch.Tensor:
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     with distributed_session(args.device, args.precision) as ctx:
         model, meta = load_trained_model(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"classes": index.classes})
+        model = inference_copy(model, ctx)
         with atomic_dir(args.out_predictions) as pred_dir, \
                 atomic_dir(args.out_panels) as panel_dir:
             result = evaluate(model, index, args.split, args.scales, args.flip, args.crf_params, ctx,

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from stages.data.images import load_rgb, to_tensor
 from stages.data.index import DatasetIndex
 from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
-from stages.runtime.distributed import DistContext, autocast, barrier
+from stages.runtime.distributed import DistContext, autocast, barrier, inference_copy
 from stages.runtime.progress import progress_bar
 
 _NORM_EPS = 1e-5
@@ -132,10 +132,9 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
                size_divisor: int = SIZE_DIVISOR) -> None:
     """CAMs of the present classes of every image in ``ids``, each written as soon as it is done."""
     loader = DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers)
-    if ctx.channels_last:
-        # as the images (16% faster here than mixed layouts); before inference mode, so that a
-        # network still in training keeps ordinary parameters
-        net.to(memory_format=torch.channels_last)
+    # channels-last as the images (16% faster here than mixed layouts), bf16 weights cast once
+    # (toy `train`, 4 scales + flip, 1 thread: 12.3 -> 10.4 s, by hand)
+    net = inference_copy(net, ctx)
     with torch.inference_mode():
         batches = grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales, size_divisor))
         for batch_ids, images in batches:

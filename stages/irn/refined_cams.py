@@ -19,7 +19,7 @@ from stages.io.cam_store import CamReader, CamWriter
 from stages.irn.net import AffinityNet, pair_affinities
 from stages.irn.pairs import half_offsets
 from stages.irn.walk import WalkSettings, walk_cams
-from stages.runtime.distributed import DistContext, autocast
+from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 
 @torch.inference_mode()
@@ -28,6 +28,7 @@ def write_refined_cams(net: AffinityNet, radius: int, index: DatasetIndex, ids: 
                        on_image: Callable[[], None] | None = None) -> None:
     """Walk the source CAMs of every image in ``ids``; each is written as soon as it is done."""
     offsets = half_offsets(radius)
+    net = inference_copy(net, ctx)
     for image_id, image in DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers):
         entry = source.read(image_id)
         if entry.size != tuple(image.shape[-2:]):
@@ -36,7 +37,8 @@ def write_refined_cams(net: AffinityNet, radius: int, index: DatasetIndex, ids: 
         cams = torch.from_numpy(entry.cams)
         if len(cams):
             with autocast(ctx):
-                embeddings = net(image[None].to(ctx.device)).float()
+                x = image[None].to(ctx.device)
+                embeddings = net(x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x).float()
             affinity = pair_affinities(embeddings, offsets)[0]
             cams = walk_cams(cams.to(ctx.device), affinity, offsets, settings).cpu()
         writer.write(image_id, cams.numpy(), entry.class_indices)

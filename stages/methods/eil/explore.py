@@ -31,7 +31,7 @@ from stages.io.label_png import IGNORE
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.critic import class_fractions, critic_value
 from stages.methods.eil.inference import class_thresholds, infer_labels
-from stages.runtime.distributed import DistContext, inference_copy
+from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
 
@@ -47,15 +47,15 @@ class TeacherView:
 
 @torch.no_grad()
 def teacher_view(teacher: nn.Module, image: np.ndarray, dist: DistContext) -> TeacherView:
-    """Run the teacher (a ``Segmenter``, in its own weights' dtype and memory layout: see
-    ``Explorer``) on a whole image: the map its decoder's classifier reads, and the class
-    probabilities on that grid and at image resolution (as its forward upsamples)."""
-    weight = next(teacher.parameters())
-    x = to_tensor(image)[None].to(dist.device, weight.dtype)
+    """Run the teacher (a ``Segmenter``, as ``inference_copy`` makes it) on a whole image: the map
+    its decoder's classifier reads, and the class probabilities on that grid and at image
+    resolution (as its forward upsamples)."""
+    x = to_tensor(image)[None].to(dist.device)
     if dist.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    features = teacher.decoder.features(teacher.backbone(x))
-    logits = teacher.decoder.classifier(features)
+    with autocast(dist):
+        features = teacher.decoder.features(teacher.backbone(x))
+        logits = teacher.decoder.classifier(features)
     full = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return TeacherView(features[0].float(), torch.softmax(logits[0].float(), 0),
                        torch.softmax(full[0].float(), 0).cpu().numpy())
@@ -93,7 +93,7 @@ class Explorer:
     """One round over the training images; images and current labels come through callables.
 
     The teacher runs as ``inference_copy`` makes it (bf16 weights where the training computes in
-    bf16): its passes are most of a round (17.6 of 24 s on the default run's toy set, in fp32).
+    bf16): its passes are most of a round (17.6 of 24 s on the default run's toy set, before).
     """
 
     def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings,
