@@ -63,9 +63,7 @@ class StreamingEvaluation:
 def predict_probs(model: nn.Module, image: np.ndarray, scales: Sequence[float], flip: bool,
                   ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (K, H, W) at scale 1 alone, and averaged over ``scales`` (x flip)."""
-    x = to_tensor(image).unsqueeze(0).to(ctx.device)
-    if ctx.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = ctx.images(to_tensor(image).unsqueeze(0))
     h, w = image.shape[:2]
 
     def probs_at(scale: float, flipped: bool) -> torch.Tensor:

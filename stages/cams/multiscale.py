@@ -133,7 +133,7 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
     """CAMs of the present classes of every image in ``ids``, each written as soon as it is done."""
     loader = DataLoader(ImagesById(index, ids), batch_size=None, num_workers=workers)
     # channels-last as the images (16% faster here than mixed layouts), bf16 weights cast once
-    # (toy `train`, 4 scales + flip, 1 thread: 12.3 -> 10.4 s, by hand)
+    # (benchmarks/inference_copy.py: 0.81x autocast's time at 8 images a pass)
     net = inference_copy(net, ctx)
     with torch.inference_mode():
         batches = grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales, size_divisor))

@@ -37,8 +37,7 @@ def write_refined_cams(net: AffinityNet, radius: int, index: DatasetIndex, ids: 
         cams = torch.from_numpy(entry.cams)
         if len(cams):
             with autocast(ctx):
-                x = image[None].to(ctx.device)
-                embeddings = net(x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x).float()
+                embeddings = net(ctx.images(image[None])).float()
             affinity = pair_affinities(embeddings, offsets)[0]
             cams = walk_cams(cams.to(ctx.device), affinity, offsets, settings).cpu()
         writer.write(image_id, cams.numpy(), entry.class_indices)

@@ -48,6 +48,11 @@ class DistContext:
         """Whether images and weights go channels-last: what the GPU and oneDNN's bf16 kernels want."""
         return self.on_gpu or self.bf16
 
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch (N, 3, H, W) on this device, in the memory layout it computes in."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -124,8 +129,8 @@ def inference_copy(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     is left alone (a network still in training keeps its fp32 weights and ordinary parameters).
 
     Autocast casts the weights of a network without gradients again at every pass, and those of
-    one with gradients at every autocast block: on one toy image through resnet18 (1 thread, by
-    hand) 21 ms in fp32, 18 ms with autocast, 10 ms with bf16 weights.
+    one with gradients at every autocast block: `python -m benchmarks.inference_copy` (resnet18 +
+    MLP, toy-sized images, 1 thread) gave 0.57x autocast's time at one image a pass, 0.81x at 8.
     """
     if not (ctx.bf16 or ctx.channels_last):
         return model

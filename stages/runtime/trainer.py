@@ -48,9 +48,7 @@ def _move(batch: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
-            v = v.to(ctx.device, non_blocking=True)
-            if ctx.channels_last and v.dim() == 4 and v.is_floating_point():
-                v = v.contiguous(memory_format=torch.channels_last)
+            v = ctx.images(v) if v.dim() == 4 and v.is_floating_point() else v.to(ctx.device, non_blocking=True)
         out[k] = v
     return out
 

@@ -50,9 +50,7 @@ def teacher_view(teacher: nn.Module, image: np.ndarray, dist: DistContext) -> Te
     """Run the teacher (a ``Segmenter``, as ``inference_copy`` makes it) on a whole image: the map
     its decoder's classifier reads, and the class probabilities on that grid and at image
     resolution (as its forward upsamples)."""
-    x = to_tensor(image)[None].to(dist.device)
-    if dist.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = dist.images(to_tensor(image)[None])
     with autocast(dist):
         features = teacher.decoder.features(teacher.backbone(x))
         logits = teacher.decoder.classifier(features)
@@ -93,7 +91,7 @@ class Explorer:
     """One round over the training images; images and current labels come through callables.
 
     The teacher runs as ``inference_copy`` makes it (bf16 weights where the training computes in
-    bf16): its passes are most of a round (17.6 of 24 s on the default run's toy set, before).
+    bf16): its passes, one image each, are most of a round's time.
     """
 
     def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings,
