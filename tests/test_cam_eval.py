@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from stages import eval_cam, infer_cam
-from stages.cams.multiscale import canvas_key, grouped_batches, multiscale_cams
+from stages.cams.multiscale import MIN_CANVAS_SIDE, canvas_key, grouped_batches, multiscale_cams, padded_size
 from stages.cams.threshold import labels_at_threshold, sweep_thresholds, threshold_grid
 from stages.data.index import DatasetIndex
 from stages.io.cam_store import CamFileMeta, CamReader, CamWriter
@@ -173,6 +173,14 @@ def test_grouped_batches_bound_pending_images():
     assert sorted(i for ids, _ in batches for i in ids) == sorted(i for i, _ in items)
     for ids, images in batches:
         assert len(ids) == len(images) <= 3 and len({t.shape for t in images}) == 1
+
+
+def test_no_canvas_side_is_below_the_minimum():
+    """A side of 32 px or less (a one-column layer4 map) gave bf16 outputs that varied by process."""
+    assert MIN_CANVAS_SIDE == 48
+    assert padded_size((70, 20), 16) == (80, 48)
+    assert padded_size((33, 30), 1) == (48, 48)
+    assert padded_size((49, 100), 16) == (64, 112)
 
 
 def test_images_of_different_sizes_share_a_pass_and_keep_their_own_cams():

@@ -54,8 +54,16 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+# No canvas side below this. With bf16 autocast on this AMX CPU, resnet18 gave different outputs
+# from process to process, NaN among them, for canvases 32 px wide and 48 or more high (a
+# layer4 map one column wide); every side from 48 up, in every pairing tried (32 to 80 px), gave
+# the same bytes in 8 processes out of 8. A toy image at scale 0.5 made PL-Mix's round fail on NaN
+# CAMs in CI. No default-run canvas is that small (its images are 96 px and up).
+MIN_CANVAS_SIDE = 48
+
+
 def padded_size(size: tuple[int, int], divisor: int) -> tuple[int, int]:
-    return tuple(-(-n // divisor) * divisor for n in size)
+    return tuple(max(MIN_CANVAS_SIDE, -(-n // divisor) * divisor) for n in size)
 
 
 def canvas_key(image: torch.Tensor, scales: Sequence[float], divisor: int) -> tuple[tuple[int, int], ...]:
