@@ -24,8 +24,9 @@ import torch
 
 from stages.cams.multiscale import canvas_key, write_cams
 from stages.cams.threshold import threshold_grid
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.data.tensors import to_tensor
 from stages.models.cam_net import load_cam_net
 from stages.plmix.passes import SweepSink
 from stages.runtime.distributed import DistContext, native_bf16

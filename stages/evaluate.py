@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.data.tensors import to_tensor
 from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_dir, atomic_path
 from stages.io.checkpoint import check_meta
@@ -28,6 +28,7 @@ from stages.io.label_png import colorize, read_label, write_label
 from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, dense_crf
 from stages.methods.registry import load_trained_model
 from stages.metrics.confusion import ConfusionMatrix
+from stages.reporting.figures import new_figure, save_png
 from stages.runtime.distributed import DistContext, add_device_arguments, autocast, distributed_session, inference_copy
 from stages.runtime.progress import progress_bar
 
@@ -99,7 +100,7 @@ def crf_labels(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.nd
 
 
 def write_panel(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray, title: str) -> None:
-    fig = Figure(figsize=(9, 3.4))  # no pyplot: no global figure state, Agg canvas by default
+    fig = new_figure(figsize=(9, 3.4))
     axes = fig.subplots(1, 3)
     for ax, picture, name in zip(axes, (image, colorize(pred), colorize(gt)), ("image", "prediction", "truth")):
         ax.imshow(picture)
@@ -107,8 +108,7 @@ def write_panel(path: Path, image: np.ndarray, pred: np.ndarray, gt: np.ndarray,
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, path)
 
 
 def evaluate(model: nn.Module, index: DatasetIndex, split: str, scales: Sequence[float], flip: bool,

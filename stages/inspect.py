@@ -16,16 +16,15 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
-from stages.io.atomic import atomic_path
 from stages.io.cam_store import CamReader
 from stages.io.ids import check_id
 from stages.io.label_png import IGNORE, colorize, read_label
+from stages.reporting.figures import new_figure, save_png
 
 HEAT_ALPHA = 0.5  # share of the CAM colour in a heatmap tile, the rest is the image
 
@@ -99,7 +98,7 @@ def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path
     if mask_path.is_file():
         label_maps.append(("ground truth", read_label(mask_path)))
     tiles = [("image", image), *cams, *((title, colorize(m)) for title, m in label_maps)]
-    fig = Figure(figsize=(3 * len(tiles) + 1.5, 2.8), layout="constrained")
+    fig = new_figure(figsize=(3 * len(tiles) + 1.5, 2.8), layout="constrained")
     axes = fig.subplots(1, len(tiles), squeeze=False)[0]
     for ax, (title, tile) in zip(axes, tiles):
         ax.imshow(tile)
@@ -116,8 +115,7 @@ def render_panel(index: DatasetIndex, reader: CamReader, image_id: str, out_path
         fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False,
                    title="label colours", title_fontsize=8)
     fig.suptitle(image_id, fontsize=10)
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    save_png(fig, out_path, bbox_inches="tight")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--min-size", type=int, help="smallest image side (px)")
     toy.add_argument("--max-size", type=int, help="largest image side (px)")
     toy.add_argument("--seed", type=int)
+    toy.add_argument("--workers", type=int, default=1, help="processes that draw the images")
     voc = p.add_argument_group("voc")
     voc.add_argument("--devkit", help="an existing VOCdevkit/VOC2012: read in place, no download")
     voc.add_argument("--download-dir", help="where archives are downloaded (and looked for)")
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.kind == "toy":
         index = generate_toy(args.root, num_classes=args.num_classes, num_train_aug=args.num_train_aug,
                              num_train=args.num_train, num_val=args.num_val, min_size=args.min_size,
-                             max_size=args.max_size, seed=args.seed, progress=args.progress)
+                             max_size=args.max_size, seed=args.seed, progress=args.progress,
+                             workers=args.workers)
     elif args.kind == "voc":
         index = prepare_voc(args.root, args.download_dir, args.archives, args.retries,
                             devkit=args.devkit, progress=args.progress,

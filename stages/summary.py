@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
 from stages.reporting.diagnostics import diagnostics_markdown
+from stages.reporting.figures import new_figure, save_png
 from stages.reporting.per_class import per_class_long, per_class_markdown
 from stages.reporting.tables import read_csv, to_markdown
 
@@ -155,11 +155,6 @@ def summary_markdown(table: pd.DataFrame) -> str:
     return ("# Summary\n\n" + to_markdown(table) + "\nColumns:\n\n" + "\n".join(notes) + "\n")
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
 def _split_of(rows: pd.DataFrame) -> str:
     splits = sorted(set(rows["split"].dropna())) if "split" in rows else []
     return "/".join(splits) or "?"
@@ -190,7 +185,7 @@ def plot_variants(table: pd.DataFrame, path: Path) -> None:
     of every refinement, the field's mIoU beside the mIoU of labelled pixels."""
     seg = table[table["stage"] == "segmentation"]
     labels = table[table["stage"].isin(["cam", "pseudo_labels"])]
-    fig = Figure(figsize=(max(8.0, 1.3 * (len(seg) + len(labels)) + 4), 4.0), layout="constrained")
+    fig = new_figure(figsize=(max(8.0, 1.3 * (len(seg) + len(labels)) + 4), 4.0), layout="constrained")
     ax_seg, ax_labels = fig.subplots(1, 2, width_ratios=[max(1, len(seg)), max(1, len(labels))], sharey=True)
 
     modes = [c for c in SEG_MODE_COLUMNS.values() if c in seg.columns and seg[c].notna().any()]
@@ -216,7 +211,7 @@ def plot_variants(table: pd.DataFrame, path: Path) -> None:
     for ax in (ax_seg, ax_labels):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="best")
-    save_figure(fig, path)
+    save_png(fig, path)
 
 
 def smoothing_window(steps: int) -> int:
@@ -232,7 +227,7 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
     panels = max(1, len(curves) + len(rounds))
     ncols = min(3, panels)
     nrows = math.ceil(panels / ncols)
-    fig = Figure(figsize=(4.8 * ncols, 3.4 * nrows), layout="constrained")
+    fig = new_figure(figsize=(4.8 * ncols, 3.4 * nrows), layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax, (name, csv) in zip(axes, curves.items()):
         frame = read_csv(csv, ["step", "loss"])
@@ -267,7 +262,7 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
         ax.set_ylabel(f"CAM mIoU, {rounds_split} split")
     for ax in axes[len(curves) + len(rounds):]:
         ax.set_visible(False)
-    save_figure(fig, path)
+    save_png(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
 from stages.data.segmentation import SegmentationDataset, label_dir_source
+from stages.data.tensors import to_tensor
 from stages.data.transforms import AugmentConfig
 from stages.io.label_png import write_label
 from stages.methods.base import Method, TrainInputs

@@ -7,7 +7,8 @@ import pytest
 import timm
 import torch
 
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
+from stages.data.tensors import to_tensor
 from stages.data.transforms import resize
 from stages.models import efficientnet_lite0
 from stages.models.backbones import TESTED_BACKBONES, create_backbone

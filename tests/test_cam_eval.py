@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from stages import eval_cam, infer_cam
-from stages.cams.multiscale import MIN_CANVAS_SIDE, canvas_key, grouped_batches, multiscale_cams, padded_size
+from stages.cams.multiscale import canvas_key, multiscale_cams
 from stages.cams.threshold import labels_at_threshold, sweep_thresholds, threshold_grid
+from stages.data.canvas import MIN_CANVAS_SIDE, grouped_batches, padded_size
 from stages.data.index import DatasetIndex
 from stages.io.cam_store import CamFileMeta, CamReader, CamWriter
 from stages.io.checkpoint import file_sha256, save_checkpoint

@@ -21,8 +21,12 @@ from stages.io.checkpoint import load_checkpoint
 from stages.io.label_png import IGNORE, read_label, write_label
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.critic import class_fractions, critic_value
-from stages.methods.eil.explore import Explorer
+from stages.methods.eil.explore import Explorer, teacher_views
 from stages.methods.eil.inference import class_thresholds, infer_labels
+from stages.models.segmenter import Segmenter, SegmenterSpec
+from stages.runtime.distributed import DistContext
+
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +167,26 @@ def _agent(rate: float = 0.1) -> tuple[PolicyAgent, tuple[torch.Tensor, ...]]:
     batch = (torch.randn(4, 5, 6, 6, generator=g), torch.rand(4, 2, generator=g),
              torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.randn(4, 5, 6, 6, generator=g))
     return agent, batch
+
+
+def test_teacher_views_of_one_canvas_are_each_images_own() -> None:
+    """Images padded to one canvas share a pass, and each view is what the image gives alone:
+    cropped to its own size on the feature grid (stride 4) and at full resolution."""
+    torch.manual_seed(0)
+    teacher = Segmenter(SegmenterSpec("resnet18", "mlp", 3, decoder_width=16)).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in [(50, 61, 3), (64, 64, 3), (49, 57, 3)]]
+    together = teacher_views(teacher, images, CPU)
+    for image, view in zip(images, together):
+        alone = teacher_views(teacher, [image], CPU)[0]
+        h, w = image.shape[:2]
+        assert view.probs.shape == (3, h, w) and view.features.shape == (16, -(-h // 4), -(-w // 4))
+        assert view.probs_grid.shape == (3, -(-h // 4), -(-w // 4))
+        torch.testing.assert_close(view.features, alone.features, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(view.probs, alone.probs, atol=1e-5)
+    # padded further than its own canvas, the view changes: the canvas rule matters
+    mixed = teacher_views(teacher, [images[0], np.zeros((100, 100, 3), np.uint8)], CPU)[0]
+    assert not np.allclose(mixed.probs, together[0].probs, atol=1e-5)
 
 
 def test_searcher_outputs_thresholds() -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from stages import evaluate
-from stages.data.images import to_tensor
+from stages.data.tensors import to_tensor
 from stages.data.toy import generate_toy
 from stages.io.checkpoint import save_checkpoint
 from stages.labels.crf import CRFParams

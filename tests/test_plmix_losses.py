@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stages.models.cam_net import CAMNet
-from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_dice_loss, soft_iou_loss
+from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_iou_and_dice_losses
 from stages.plmix.training import CamsAndLogits, MixLoss, MixStep, pooled_logits
 
 # two classes at two pixels (1x2 image): probabilities per class, target = [background, class 1]
@@ -19,6 +19,14 @@ def with_ignored_pixel(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch
     """A third pixel, labelled 255, with probabilities that would change every sum if counted."""
     extra = torch.tensor([0.05, 0.95]).view(1, 2, 1, 1)
     return torch.cat([probs, extra], dim=3), torch.cat([target, torch.tensor([[[255]]])], dim=2)
+
+
+def soft_iou_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return soft_iou_and_dice_losses(probs, target)[0]
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return soft_iou_and_dice_losses(probs, target)[1]
 
 
 def test_soft_iou_by_hand() -> None:
@@ -110,3 +118,22 @@ def test_mix_step_gives_every_term_and_gradients() -> None:
     terms["loss"].backward()
     assert net.classifier.weight.grad.abs().sum() > 0
     assert next(net.backbone.parameters()).grad.abs().sum() > 0
+
+
+def test_overlap_losses_match_the_one_hot_sums_and_their_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (3, 9, 11), generator=g)  # class 4 never in the target
+    target[:, 4] = 255
+    probs = logits.softmax(dim=1)
+    valid = (target != 255).unsqueeze(1)
+    y = torch.nn.functional.one_hot(target.masked_fill(~valid[:, 0], 0), 5).permute(0, 3, 1, 2) * valid
+    p = probs * valid
+    inter, p_sum, y_sum = (p * y).sum((2, 3)), p.sum((2, 3)), y.sum((2, 3))
+    scored = y_sum > 0
+    expected = ((1 - inter / (p_sum + y_sum - inter))[scored].mean(), (1 - 2 * inter / (p_sum + y_sum))[scored].mean())
+    got = soft_iou_and_dice_losses(probs, target)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(torch.autograd.grad(a, logits, retain_graph=True)[0],
+                                   torch.autograd.grad(b, logits, retain_graph=True)[0])

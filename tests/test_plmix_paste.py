@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.data.images import to_tensor
+from stages.data.tensors import to_tensor
 from stages.plmix.paste import PasteSettings, mixed_classes, paste, rotate_rescale
 from stages.plmix.training import MixCollate
 

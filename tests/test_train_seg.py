@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +15,7 @@ from conftest import pipeline_env, sigkill_when, stage_argv, toy_with_gt_labels,
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
-from stages.data.transforms import AugmentConfig
+from stages.data.transforms import AugmentConfig, color_jitter_image
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.io.label_png import IGNORE
 from stages.methods.registry import load_trained_model
@@ -52,6 +53,19 @@ def test_dataset_crops_and_labels(toy) -> None:
     assert torch.equal(ds[2]["label"], item["label"])  # same epoch, same crop
     ds.set_epoch(1)
     assert not torch.equal(ds[2]["image"], item["image"])
+
+
+def test_colour_jitter_is_brightness_contrast_saturation_in_turn() -> None:
+    """The one affine map gives what the three adjustments give applied one after the other."""
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for seed in range(20):
+        b, c, s = 1.0 + np.random.default_rng(seed).uniform(-0.3, 0.3, size=3)
+        img = image.astype(np.float64) * b
+        img = (img - img.mean()) * c + img.mean()
+        grey = img.mean(axis=2, keepdims=True)
+        expected = np.clip((img - grey) * s + grey, 0, 255)
+        jittered = color_jitter_image(image, 0.3, np.random.default_rng(seed))
+        assert np.abs(jittered - expected).max() <= 1.0  # uint8 truncation of float32 against float64
 
 
 def test_missing_pseudo_labels_named(toy, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Multi-scale, flipped CAM inference for whole images, streamed into a CAM store.
 
-Per image: at every scale the image is resized and padded (``SIZE_DIVISOR``); its raw CAMs (and
+Per image: at every scale the image is resized and padded to its canvas (``stages.data.canvas``); its raw CAMs (and
 those of the mirrored canvas, mirrored back) are cropped to the scaled image, resized to the image
 size and summed; then ReLU, then each class map is divided by its maximum. Only the classes the
 image-level labels list are kept.
@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from stages.data.images import load_rgb, to_tensor
+from stages.data.canvas import SIZE_DIVISOR, grouped_batches, pad_to, padded_size
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.data.tensors import to_tensor
 from stages.io.cam_store import CamFileMeta, CamWriter, merge_shards, shard_path
 from stages.runtime.distributed import DistContext, autocast, barrier, inference_copy
 from stages.runtime.progress import progress_bar
@@ -41,60 +42,14 @@ class ImagesById(Dataset):
         return image_id, to_tensor(load_rgb(self.index.image_path(image_id)))
 
 
-# Every scaled image is padded (bottom and right, with zeros: the mean colour after normalising) to
-# a multiple of this, as mmsegmentation's ``size_divisor`` does, so that images of different sizes
-# share a forward pass (the toy set's 400 train_aug images come in 387 sizes, batches of one, and
-# in 89 canvases). `python -m benchmarks.cam_padding` on the toy set (time vs exact sizes, CAM mIoU
-# on `train`): exact 1.00 and 0.307; 8: 0.91, 0.309; 16: 0.64, 0.305; 32 (the backbones' stride,
-# which pads up to a third of a small image with flat colour): 0.48, 0.280.
-SIZE_DIVISOR = 16
-
-
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
-
-
-# No canvas side below this. With bf16 autocast on this AMX CPU, resnet18 gave different outputs
-# from process to process, NaN among them, for canvases 32 px wide and 48 or more high (a
-# layer4 map one column wide); every side from 48 up, in every pairing tried (32 to 80 px), gave
-# the same bytes in 8 processes out of 8. A toy image at scale 0.5 made PL-Mix's round fail on NaN
-# CAMs in CI. No default-run canvas is that small (its images are 96 px and up).
-MIN_CANVAS_SIDE = 48
-
-
-def padded_size(size: tuple[int, int], divisor: int) -> tuple[int, int]:
-    return tuple(max(MIN_CANVAS_SIDE, -(-n // divisor) * divisor) for n in size)
 
 
 def canvas_key(image: torch.Tensor, scales: Sequence[float], divisor: int) -> tuple[tuple[int, int], ...]:
     """The padded canvas of an image at every scale: images with equal keys share passes."""
     size = tuple(image.shape[-2:])
     return tuple(padded_size(scaled_size(size, s), divisor) for s in scales)
-
-
-def grouped_batches(items: Iterable[tuple[str, torch.Tensor]], batch_size: int,
-                    key: Callable[[torch.Tensor], Hashable],
-                    max_pending: int | None = None) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
-    """Group a stream of images into batches of equal ``key``, holding at most ``max_pending``.
-
-    When too many groups are pending, the fullest goes out short.
-    """
-    max_pending = max_pending or 8 * batch_size
-    pending: dict[Hashable, list[tuple[str, torch.Tensor]]] = defaultdict(list)
-    count = 0
-    for image_id, image in items:
-        image_key = key(image)
-        group = pending[image_key]
-        group.append((image_id, image))
-        count += 1
-        if len(group) < batch_size and count < max_pending:
-            continue
-        out_key = image_key if len(group) >= batch_size else max(pending, key=lambda k: len(pending[k]))
-        out = pending.pop(out_key)
-        count -= len(out)
-        yield [i for i, _ in out], [t for _, t in out]
-    for out in pending.values():
-        yield [i for i, _ in out], [t for _, t in out]
 
 
 def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales: Sequence[float],
@@ -112,7 +67,7 @@ def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales
             image[None], size=scaled_size(size, s), mode="bilinear", align_corners=False)
             for image, size in zip(images, sizes)]
         canvas = padded_size(tuple(scaled[0].shape[-2:]), size_divisor)
-        x = torch.cat([F.pad(t, (0, canvas[1] - t.shape[-1], 0, canvas[0] - t.shape[-2])) for t in scaled])
+        x = torch.cat([pad_to(t, canvas) for t in scaled])
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if flip:

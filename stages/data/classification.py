@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
+from stages.data.tensors import to_tensor
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
 from stages.errors import InputError, MissingEntryError
 

@@ -12,13 +12,9 @@ import os
 import struct
 
 import numpy as np
-import torch
 from PIL import Image
 
 from stages.errors import InputError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ORIENTATION_TAG = 0x0112
 # what a viewer does to show an image with this EXIF orientation; 1 (or none) leaves it as stored
@@ -46,17 +42,3 @@ def exif_orientation(path: str | os.PathLike) -> int:
     except (OSError, SyntaxError, ValueError, struct.error):  # a broken EXIF block is no tag
         return 1
     return value if isinstance(value, int) and value in ORIENTATIONS else 1
-
-
-_MEAN_255 = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255
-_STD_255 = np.asarray(IMAGENET_STD, dtype=np.float32) * 255
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> normalised 3xHxW float32, the input every backbone here expects.
-
-    Done in NumPy: torch's elementwise ops spread over threads that data-loading workers and
-    concurrent jobs are already using, which made this 50-100x slower on a shared CPU.
-    """
-    normalised = (image.astype(np.float32) - _MEAN_255) / _STD_255
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))

@@ -30,6 +30,7 @@ split's images unchanged. JPEGs are written at fixed quality without optimisatio
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from stages.data.scribbles import erode, synthesize_scribbles
 from stages.errors import InputError
 from stages.io.atomic import atomic_path, write_text
 from stages.io.label_png import IGNORE, write_label
+from stages.runtime.pools import pool_context
 from stages.runtime.progress import progress_bar
 
 JPEG_QUALITY = 92
@@ -338,10 +340,32 @@ def _write_jpeg(path: Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="JPEG", quality=JPEG_QUALITY, optimize=False)
 
 
+@dataclass(frozen=True)
+class _SampleWriter:
+    """Draws one image of the set and writes its files; a class, so that pool workers can take it.
+    Each image has its own seed, so the set is the same on any number of workers."""
+
+    root: Path
+    num_classes: int
+    min_size: int
+    max_size: int
+    seed: int
+
+    def __call__(self, job: tuple[str, int, str]) -> list[int]:
+        split, i, image_id = job
+        sample = make_sample(self.num_classes, self.min_size, self.max_size,
+                             np.random.default_rng([self.seed, SPLIT_CODES[split], i]))
+        _write_jpeg(self.root / "JPEGImages" / f"{image_id}.jpg", sample.image)
+        write_label(self.root / "SegmentationClass" / f"{image_id}.png", sample.mask)
+        write_label(self.root / "Scribbles" / f"{image_id}.png", sample.scribbles)
+        return sample.labels
+
+
 def generate_toy(root: str | os.PathLike, *, num_classes: int, num_train_aug: int, num_train: int,
                  num_val: int, min_size: int, max_size: int, seed: int,
-                 progress: bool = False) -> DatasetIndex:
-    """Write the toy set in VOC layout under ``root`` and return its index (not saved)."""
+                 progress: bool = False, workers: int = 1) -> DatasetIndex:
+    """Write the toy set in VOC layout under ``root`` and return its index (not saved); ``workers``
+    processes draw the images."""
     if num_train > num_train_aug:
         raise InputError(f"toy num_train ({num_train}) must not exceed num_train_aug ({num_train_aug})")
     if min_size > max_size:
@@ -349,18 +373,20 @@ def generate_toy(root: str | os.PathLike, *, num_classes: int, num_train_aug: in
     names = class_names(num_classes)
     root = Path(root).resolve()
     counts = {"train_aug": num_train_aug, "val": num_val}
-    jobs = [(split, i) for split, n in counts.items() for i in range(n)]
+    jobs = [(split, i, f"{ID_PREFIX[split]}{i:05d}") for split, n in counts.items() for i in range(n)]
+    writer = _SampleWriter(root, num_classes, min_size, max_size, seed)
     splits: dict[str, list[str]] = {split: [] for split in counts}
     labels: dict[str, list[int]] = {}
-    for split, i in progress_bar(jobs, desc="toy images", disable=not progress):
-        image_id = f"{ID_PREFIX[split]}{i:05d}"
-        sample = make_sample(num_classes, min_size, max_size,
-                             np.random.default_rng([seed, SPLIT_CODES[split], i]))
-        _write_jpeg(root / "JPEGImages" / f"{image_id}.jpg", sample.image)
-        write_label(root / "SegmentationClass" / f"{image_id}.png", sample.mask)
-        write_label(root / "Scribbles" / f"{image_id}.png", sample.scribbles)
-        splits[split].append(image_id)
-        labels[image_id] = sample.labels
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(pool_context(__name__).Pool(workers))
+            drawn = pool.imap(writer, jobs, chunksize=8)
+        else:
+            drawn = map(writer, jobs)
+        for (split, _, image_id), present in zip(jobs, progress_bar(drawn, total=len(jobs), desc="toy images",
+                                                                     disable=not progress)):
+            splits[split].append(image_id)
+            labels[image_id] = present
     splits["train"] = splits["train_aug"][:num_train]
 
     for split, ids in splits.items():

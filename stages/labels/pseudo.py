@@ -19,7 +19,6 @@ near the threshold and let the bilateral kernel flood objects in our measurement
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -34,6 +33,7 @@ from stages.io.atomic import atomic_dir
 from stages.io.cam_store import CamEntry, CamReader
 from stages.io.label_png import IGNORE, write_label
 from stages.labels.crf import CRFParams, dense_crf_many
+from stages.runtime.pools import pool_context
 
 LABEL_CONFIDENCE = 0.7  # IRN's gt_prob
 
@@ -102,17 +102,6 @@ def _make_one(task: tuple[str, str, str]) -> str:
     return image_id
 
 
-def _pool_context() -> mp.context.BaseContext:
-    """forkserver (Python 3.14's default) where available: forking this process itself is unsafe
-    once threads run (progress bars, BLAS), and the preload makes workers start with their
-    imports done instead of redoing them as spawn would."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
-
-
 def generate_pseudo_labels(index: DatasetIndex, cams_path: str | os.PathLike, split: str,
                            settings: PseudoLabelSettings, out_dir: str | os.PathLike,
                            workers: int, on_done: Callable[[str], None] | None = None) -> int:
@@ -134,7 +123,7 @@ def generate_pseudo_labels(index: DatasetIndex, cams_path: str | os.PathLike, sp
                 done = map(_make_one, tasks)
             else:
                 pool = stack.enter_context(
-                    _pool_context().Pool(workers, _init_worker, (str(cams_path), settings)))
+                    pool_context(__name__).Pool(workers, _init_worker, (str(cams_path), settings)))
                 done = pool.imap_unordered(_make_one, tasks, chunksize=4)
             for image_id in done:
                 if on_done is not None:

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.data.images import to_tensor
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
+from stages.data.tensors import to_tensor
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
 from stages.models.cam_net import CAMNet
-from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_dice_loss, soft_iou_loss
+from stages.plmix.losses import class_logits, continuity_loss, focal_loss, soft_iou_and_dice_losses
 from stages.plmix.paste import PasteSettings, mixed_classes, paste, rotate_rescale
 from stages.runtime.hooks import StepContext, TrainHooks
 
@@ -122,10 +122,10 @@ class MixStep(TrainHooks):
         probs_full = logits_full.softmax(dim=1)
         # continuity on the network's own grid: upsampled maps are smooth by construction
         probs_grid = class_logits(maps, present, self.background, self.loss.temperature).softmax(dim=1)
+        soft_iou, soft_dice = soft_iou_and_dice_losses(probs_full, target)
         terms = {"classification": cls,
                  "focal": focal_loss(logits_full, target, self.loss.focal_gamma),
-                 "soft_iou": soft_iou_loss(probs_full, target),
-                 "soft_dice": soft_dice_loss(probs_full, target),
+                 "soft_iou": soft_iou, "soft_dice": soft_dice,
                  "continuity": continuity_loss(probs_grid)}
         w = self.loss
         terms["loss"] = (cls + w.focal_weight * terms["focal"] + w.iou_weight * terms["soft_iou"]

@@ -5,12 +5,18 @@ rule prepare_dataset:
         "results/logs/prepare_dataset.log",
     benchmark:
         "results/benchmarks/prepare_dataset.tsv"
+    # The toy set's images are drawn in this many processes (nothing else can run yet).
+    threads: 2
     params:
         kind=config["dataset"]["kind"],
         args=dataset_args(),
+        workers=lambda wildcards, threads: (
+            f"--workers {threads}" if config["dataset"]["kind"] == "toy" else ""
+        ),
     shell:
         PYTHON
-        + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} > {log} 2>&1"
+        + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} {params.workers}"
+        " > {log} 2>&1"
 
 
 rule check_dataset:

@@ -19,14 +19,15 @@ one), M' = H(M, a), adopted only where the assessor scores Q(s, a) > 0 (paper Eq
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.data.images import to_tensor
+from stages.data.canvas import SIZE_DIVISOR, grouped_batches, pad_to, padded_size
+from stages.data.tensors import to_tensor
 from stages.io.label_png import IGNORE
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.critic import class_fractions, critic_value
@@ -34,6 +35,7 @@ from stages.methods.eil.inference import class_thresholds, infer_labels
 from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
+PASS_BATCH = 8  # images per teacher pass when relabelling (of one canvas, so no view depends on it)
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,34 @@ class TeacherView:
 
 
 @torch.no_grad()
-def teacher_view(teacher: nn.Module, image: np.ndarray, dist: DistContext) -> TeacherView:
-    """Run the teacher (a ``Segmenter``, as ``inference_copy`` makes it) on a whole image: the map
-    its decoder's classifier reads, and the class probabilities on that grid and at image
-    resolution (as its forward upsamples)."""
-    x = dist.images(to_tensor(image)[None])
+def teacher_views(teacher: nn.Module, images: Sequence[np.ndarray], dist: DistContext) -> list[TeacherView]:
+    """Run the teacher (a ``Segmenter``, as ``inference_copy`` makes it) on whole images in one
+    pass: the map its decoder's classifier reads, and the class probabilities on that grid and at
+    image resolution (as its forward upsamples).
+
+    The images are padded to one canvas (``stages.data.canvas``: the largest height and width,
+    rounded up), and each view is cropped back to its image. Images of one canvas give the views
+    each would give alone; in a batch of mixed sizes, a smaller image's view also depends on how
+    far it was padded.
+    """
+    sizes = [image.shape[:2] for image in images]
+    canvas = padded_size((max(h for h, _ in sizes), max(w for _, w in sizes)), SIZE_DIVISOR)
+    x = dist.images(torch.stack([pad_to(to_tensor(image), canvas) for image in images]))
     with autocast(dist):
         features = teacher.decoder.features(teacher.backbone(x))
         logits = teacher.decoder.classifier(features)
-    full = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return TeacherView(features[0].float(), torch.softmax(logits[0].float(), 0),
-                       torch.softmax(full[0].float(), 0).cpu().numpy())
+    full = F.interpolate(logits, size=canvas, mode="bilinear", align_corners=False)
+    stride = canvas[0] // features.shape[-2]
+    views = []
+    for i, (h, w) in enumerate(sizes):
+        grid = (slice(None), slice(0, -(-h // stride)), slice(0, -(-w // stride)))
+        views.append(TeacherView(features[i][grid].float(), torch.softmax(logits[i][grid].float(), 0),
+                                 torch.softmax(full[i, :, :h, :w].float(), 0).cpu().numpy()))
+    return views
+
+
+def _canvas(image: np.ndarray) -> tuple[int, int]:
+    return padded_size(image.shape[:2], SIZE_DIVISOR)
 
 
 def encode_state(view: TeacherView, label: np.ndarray, grid: int) -> torch.Tensor:
@@ -91,7 +110,8 @@ class Explorer:
     """One round over the training images; images and current labels come through callables.
 
     The teacher runs as ``inference_copy`` makes it (bf16 weights where the training computes in
-    bf16): its passes, one image each, are most of a round's time.
+    bf16), on batches (``teacher_views``): an update's ``policy_batch`` images share one pass, and
+    the labelling passes group images of one canvas. Its passes are most of a round's time.
     """
 
     def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings,
@@ -121,6 +141,13 @@ class Explorer:
         thresholds = class_thresholds(action.cpu().numpy(), self.s.action_space, self.num_classes)
         return infer_labels(label, view.probs, thresholds, self.s.radius, self.s.restrict_classes)
 
+    def views_by_canvas(self, ids: list[str], image: Callable[[str], np.ndarray]) -> Iterator[tuple[str, TeacherView]]:
+        """Every image's view, from passes over images of one canvas: each view is the image's
+        own, whatever else shared its pass."""
+        stream = ((image_id, image(image_id)) for image_id in ids)
+        for group_ids, images in grouped_batches(stream, PASS_BATCH, key=_canvas):
+            yield from zip(group_ids, teacher_views(self.teacher, images, self.dist))
+
     def learn(self, ids: list[str], image: Callable[[str], np.ndarray],
               label: Callable[[str], np.ndarray]) -> dict[str, float]:
         """Phase 1: DDPG updates on transitions of randomly drawn images; mean reward and losses."""
@@ -130,8 +157,8 @@ class Explorer:
         for _ in range(self.s.policy_updates):
             picks = torch.randint(len(ids), (self.s.policy_batch,), generator=self.generator).tolist()
             batch = []
-            for i in picks:
-                view, m = teacher_view(self.teacher, image(ids[i]), self.dist), label(ids[i])
+            for i, view in zip(picks, teacher_views(self.teacher, [image(ids[i]) for i in picks], self.dist)):
+                m = label(ids[i])
                 state = encode_state(view, m, self.s.grid)
                 action = self._act(state, noise=True)
                 new = self._infer(view, m, action)
@@ -151,8 +178,8 @@ class Explorer:
                 write: Callable[[str, np.ndarray], None]) -> dict[str, float]:
         """Phase 2: infer every image's next label map and write it (adopted, or the current one)."""
         adopted, q_values, actions, added = 0, [], [], 0
-        for image_id in ids:
-            view, m = teacher_view(self.teacher, image(image_id), self.dist), label(image_id)
+        for image_id, view in self.views_by_canvas(ids, image):
+            m = label(image_id)
             state = encode_state(view, m, self.s.grid)
             action = self._act(state, noise=False)
             new = self._infer(view, m, action)

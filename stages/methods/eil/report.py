@@ -12,12 +12,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.io.atomic import atomic_path
 from stages.io.label_png import IGNORE, colorize, read_label, write_label
+from stages.reporting.figures import new_figure, save_png
 
 REPORT_SPLIT = "train"
 
@@ -53,7 +53,7 @@ def write_table(rows: list[dict], out_dir: Path) -> None:
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "rounds.csv") as tmp:
         table.to_csv(tmp, index=False)
-    fig = Figure(figsize=(5, 3.2))
+    fig = new_figure(figsize=(5, 3.2))
     ax = fig.subplots()
     for column, style in (("precision", "o-"), ("coverage", "s--")):
         if column in table:
@@ -65,8 +65,7 @@ def write_table(rows: list[dict], out_dir: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(out_dir / "rounds.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, out_dir / "rounds.png")
 
 
 def write_label_maps(index: DatasetIndex, ids: list[str], maps: list[Callable[[str], np.ndarray]],
@@ -76,7 +75,7 @@ def write_label_maps(index: DatasetIndex, ids: list[str], maps: list[Callable[[s
     if not ids:
         return
     columns = len(maps) + 2
-    fig = Figure(figsize=(1.8 * columns, 1.8 * len(ids)))
+    fig = new_figure(figsize=(1.8 * columns, 1.8 * len(ids)))
     axes = fig.subplots(len(ids), columns, squeeze=False)
     for row, image_id in enumerate(ids):
         panels = [load_rgb(index.image_path(image_id))]
@@ -92,5 +91,4 @@ def write_label_maps(index: DatasetIndex, ids: list[str], maps: list[Callable[[s
             if row == 0:
                 ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    with atomic_path(out_dir / "rounds_labels.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, out_dir / "rounds_labels.png")

@@ -36,10 +36,9 @@ What a run shows beyond mIoU: ``reward_mean`` (finest scale), ``reward_s<scale>`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -51,11 +50,14 @@ from stages.methods.rss.dataset import reward_dataset
 from stages.methods.rss.rewards import RewardBatch, RewardSource, RewardSpec, make_reward_source
 from stages.methods.rss.sampling import grid_size, pool_cells, sample_actions, upsample_cells
 from stages.models.segmenter import Segmenter, SegmenterSpec
+from stages.reporting.figures import new_figure, save_png
 from stages.runtime.distributed import DistContext, all_reduce_sum
 from stages.runtime.hooks import Optimization, StepContext
 from stages.runtime.optim import build_optimizer, poly_schedule
 from stages.runtime.settings import TrainSettings
-from stages.summary import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -185,12 +187,12 @@ class RSS(Method):
     def on_train_end(self, model: nn.Module, ctx: StepContext) -> None:
         if ctx.dist.is_main and ctx.output_dir is not None and self.history:
             name = "rss_curves_oracle.png" if self.spec.oracle else "rss_curves.png"
-            save_figure(self.plot_curves(), ctx.output_dir / name)
+            save_png(self.plot_curves(), ctx.output_dir / name)
 
     def plot_curves(self) -> Figure:
         """Reward per PSR scale and the spread of the advantages, over the optimiser steps."""
         steps = [h["step"] for h in self.history]
-        fig = Figure(figsize=(10, 3.6), layout="constrained")
+        fig = new_figure(figsize=(10, 3.6), layout="constrained")
         left, right = fig.subplots(1, 2)
         per_scale = {f"reward_s{s:g}": s for s in self.psr_scales}
         if not all(k in self.history[0] for k in per_scale):  # one scale: only reward_mean

@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import Dataset
 
 from stages.data.classification import ClassificationDataset
-from stages.data.images import load_rgb, to_tensor
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.segmentation import LabelPath, SegmentationDataset
+from stages.data.tensors import to_tensor
 from stages.data.transforms import AugmentConfig, augment, epoch_rng
 from stages.io.label_png import IGNORE, read_label
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from stages.data.images import IMAGENET_MEAN, IMAGENET_STD
+from stages.data.tensors import IMAGENET_MEAN, IMAGENET_STD
 from stages.io.label_png import IGNORE
 
 DILATIONS = (1, 2, 4, 8, 12, 24)

@@ -7,13 +7,16 @@ whole training) and go into the variant's outputs folder, which the Snakemake re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from stages.io.atomic import atomic_path
+from stages.reporting.figures import new_figure, save_png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
@@ -41,7 +44,7 @@ def write_outputs(history: list[dict[str, Any]], classes: list[str], out_dir: Pa
     with atomic_path(out_dir / "pool_precision.csv") as tmp:
         precision.to_csv(tmp)
 
-    fig = Figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for name in classes:
         ax.plot(u.index, u[name], marker="." if len(u) < 50 else None, label=name)
@@ -52,7 +55,7 @@ def write_outputs(history: list[dict[str, Any]], classes: list[str], out_dir: Pa
 
     per_step = precision.drop(index="total")
     total = precision.loc["total"]
-    fig = Figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     for column, name in (("pool_precision", "reliable pool"), ("labelled_precision", "all labelled pixels")):
         ax.plot(per_step.index, per_step[column], marker="." if len(per_step) < 50 else None,
@@ -69,5 +72,4 @@ def _percent(value: float) -> str:
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_png(fig, path, dpi=110)
