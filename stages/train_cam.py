@@ -54,12 +54,13 @@ def run_meta(args: argparse.Namespace, settings: TrainSettings, index: DatasetIn
     """What the model is (read by load_cam_net) plus everything that shapes the training result.
 
     The trainer does not resume a checkpoint whose meta differs, so a changed backbone, data
-    set or hyperparameter starts a fresh run instead of silently continuing an old one.
+    set, split or hyperparameter starts a fresh run instead of silently continuing an old one.
     """
     return {
         "backbone": args.backbone, "weights": args.weights, "pooling": args.pooling,
         "num_classes": index.num_classes - 1, "classes": list(index.classes), "dataset": index.name,
         "train": {"split": args.split, **settings.meta(world_size)},
+        "split_sha256": index.fingerprint(args.split),
     }
 
 

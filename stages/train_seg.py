@@ -18,7 +18,8 @@ from torch import nn
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
 from stages.errors import InputError, run_stage
-from stages.io.checkpoint import file_sha256, save_model
+from stages.io.checkpoint import file_sha256, files_sha256, save_model
+from stages.io.label_png import label_path
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
 from stages.models.decoders import DECODER_CHANNELS, DECODERS
@@ -62,6 +63,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def input_fingerprints(args: argparse.Namespace, index: DatasetIndex) -> dict[str, str]:
+    """Content hashes of what the training reads: a checkpoint left by a run on other pseudo
+    labels, scribbles, CAM network or split is not resumed (the workflow reruns this stage when
+    an input changes, and a finished checkpoint would otherwise come back as the new model)."""
+    ids = index.ids(args.split)
+    found = {"split": index.fingerprint(args.split)}
+    for name in ("pseudo_labels", "scribbles"):
+        folder = getattr(args, name)
+        if folder is not None:
+            found[name] = files_sha256(label_path(folder, i) for i in ids)
+    if args.cam_checkpoint is not None:
+        found["cam_checkpoint"] = file_sha256(args.cam_checkpoint)
+    return found
+
+
 def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     """Train (or resume) and write the final model file; returns the bare trained model."""
     index = DatasetIndex.load(args.index)
@@ -92,6 +108,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
         "init": {"from": "cam" if args.init_from_cam else "model" if args.init_from_model else None,
                  "sha256": file_sha256(init) if init else None},
         "train": settings.meta(ctx.world_size),
+        "inputs": input_fingerprints(args, index),
     }
     for folder in (args.state_dir, args.outputs):
         if folder is not None and ctx.is_main:

@@ -78,6 +78,17 @@ def test_checkpoint_of_other_backbone_is_not_resumed(toy_index: Path, tmp_path: 
     assert load_cam_net(tmp_path / "model.pt")[1]["backbone"] == "efficientnet_lite0"
 
 
+def test_checkpoint_of_another_split_is_not_resumed(toy_index: Path, tmp_path: Path, capsys) -> None:
+    """Same settings, other images (a smaller train_aug): train again, don't resume."""
+    index = DatasetIndex.load(toy_index)
+    index.splits["train_aug"] = index.splits["train_aug"][:12]
+    index.save(tmp_path / "fewer.json")
+    train_cam.main(cli_args(toy_index, tmp_path, steps=2))
+    train_cam.main(cli_args(tmp_path / "fewer.json", tmp_path, steps=2))
+    assert "made with other settings; starting from step 0" in capsys.readouterr().err
+    assert load_cam_net(tmp_path / "model.pt")[1]["split_sha256"] == index.fingerprint("train_aug")
+
+
 def test_nonfinite_loss_stops_without_model(toy_index: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"non-finite loss at step \d+"):
         train_cam.main(cli_args(toy_index, tmp_path, lr=1e30))

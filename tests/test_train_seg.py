@@ -17,7 +17,7 @@ from stages.data.index import DatasetIndex
 from stages.data.segmentation import SegmentationDataset, label_dir_source
 from stages.data.transforms import AugmentConfig, color_jitter_image
 from stages.io.checkpoint import load_checkpoint, save_checkpoint
-from stages.io.label_png import IGNORE
+from stages.io.label_png import IGNORE, read_label, write_label
 from stages.methods.registry import load_trained_model
 from stages.models.cam_net import CAMNet
 
@@ -109,6 +109,25 @@ def test_trains_writes_model_metrics_and_inits_from_cam(toy, tmp_path: Path) -> 
                                                 "meta": other_meta})
     with pytest.raises(ValueError, match=r"other_cam\.pt.*must match"):
         train_seg.main(cli_args(index_path, labels, tmp_path / "other", init_from_cam=tmp_path / "other_cam.pt"))
+
+
+def test_a_finished_checkpoint_on_other_labels_is_not_resumed(toy, tmp_path: Path, capsys) -> None:
+    """The workflow reruns train_seg when its pseudo labels change; the checkpoint of the run on the
+    old labels must then train again, not come back as the new model."""
+    index_path, labels = toy
+    changed = tmp_path / "changed"
+    shutil.copytree(labels, changed)
+    first = sorted(changed.glob("*.png"))[0]
+    write_label(first, np.zeros_like(read_label(first)))
+    out = tmp_path / "run"
+    train_seg.main(cli_args(index_path, labels, out))
+    old = load_checkpoint(out / "model.pt")["meta"]["inputs"]
+    train_seg.main(cli_args(index_path, labels, out))
+    assert "resuming from" in capsys.readouterr().err  # the same inputs: resumed, nothing to do
+    train_seg.main(cli_args(index_path, changed, out))
+    assert "was made with other settings; starting from step 0" in capsys.readouterr().err
+    new = load_checkpoint(out / "model.pt")["meta"]["inputs"]
+    assert new["pseudo_labels"] != old["pseudo_labels"] and new["split"] == old["split"]
 
 
 def test_resume_after_sigkill_matches_uninterrupted(toy, tmp_path: Path) -> None:

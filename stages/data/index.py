@@ -7,6 +7,7 @@ by every stage, so a hand-edited one must not lead a stage outside its data fold
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -88,6 +89,13 @@ class DatasetIndex:
             "splits": self.splits, "labels": self.labels,
         }
         write_text(path, json.dumps(data, indent=1))
+
+    def fingerprint(self, split: str) -> str:
+        """A short hash of what training on ``split`` reads from the index: the class list, the
+        split's ids and their image-level labels."""
+        ids = self.ids(split)
+        text = json.dumps([self.classes, ids, [self.labels.get(i) for i in ids]])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetIndex":

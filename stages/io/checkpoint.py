@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -36,10 +36,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def file_sha256(path: str | os.PathLike, length: int = 16) -> str:
     """Short content hash recorded in downstream artifacts, so a file says which weights made it."""
     h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()[:length]
+
+
+def files_sha256(paths: Iterable[str | os.PathLike], length: int = 16) -> str:
+    """One short content hash over files and their names (e.g. the label maps a training reads):
+    a change of any of them changes it."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode() + b"\0")
+        _update(h, path)
+    return h.hexdigest()[:length]
+
+
+def _update(h: Any, path: str | os.PathLike) -> None:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:length]
 
 
 def check_meta(path: str | os.PathLike, meta: dict[str, Any], expected: dict[str, Any]) -> None:
