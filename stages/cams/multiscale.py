@@ -1,9 +1,9 @@
 """Multi-scale, flipped CAM inference for whole images, streamed into a CAM store.
 
-Per image: at every scale the image is resized and padded to its canvas (``stages.data.canvas``); its raw CAMs (and
-those of the mirrored canvas, mirrored back) are cropped to the scaled image, resized to the image
-size and summed; then ReLU, then each class map is divided by its maximum. Only the classes the
-image-level labels list are kept.
+Per image: at every scale the image is resized and padded to its canvas (``stages.data.canvas``);
+its raw CAMs (and those of the mirrored canvas, mirrored back) are cropped to the scaled image,
+resized to the image size and summed; then ReLU, then each class map is divided by its maximum.
+Only the classes the image-level labels list are kept.
 """
 from __future__ import annotations
 
