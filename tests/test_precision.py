@@ -87,3 +87,26 @@ def test_bf16_training_keeps_fp32_weights_and_learns(tmp_path) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.weight.is_contiguous(memory_format=torch.channels_last) and all(hooks.layouts)
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+
+
+
+def _heap() -> tuple[int, int]:
+    """The process's [heap] mapping (start, end), from /proc/self/maps."""
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            start, end = (int(v, 16) for v in line.split()[0].split("-"))
+            return start, end
+    raise AssertionError("no [heap] mapping")
+
+
+def test_freed_memory_stays_in_the_heap_for_the_next_step() -> None:
+    """Blocks of activation size come from the heap, and freeing them does not shrink it: the next
+    step finds its memory mapped already (no new page faults)."""
+    from stages.runtime.allocator import keep_freed_memory
+
+    assert keep_freed_memory()  # the test machines run glibc
+    blocks = [torch.empty(5 * 2 ** 20) for _ in range(5)]  # 20 MB each: glibc's default would mmap them
+    start, end = _heap()
+    assert all(start <= b.data_ptr() < end for b in blocks)
+    del blocks
+    assert _heap()[1] == end  # 100 MB freed, none of it handed back

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from stages.data.decoded import DecodedCache
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.tensors import to_tensor
@@ -24,6 +25,7 @@ class ClassificationDataset(Dataset):
         self.aug = aug
         self.seed = seed
         self.epoch = 0
+        self.decoded = DecodedCache()
         missing = [i for i in self.ids if i not in index.labels]
         if missing:
             raise MissingEntryError(f"split {split!r} of {index.name!r}: no image-level labels for "
@@ -42,6 +44,6 @@ class ClassificationDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = load_rgb(self.index.image_path(self.ids[i]))
+        image, = self.decoded.get(i, lambda: (load_rgb(self.index.image_path(self.ids[i])),))
         image, _ = augment(image, None, self.aug, epoch_rng(self.seed, self.epoch, i))
         return {"image": to_tensor(image), "labels": self.targets[i].clone()}

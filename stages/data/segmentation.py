@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from stages.data.decoded import DecodedCache
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.tensors import to_tensor
@@ -50,6 +51,7 @@ class SegmentationDataset(Dataset):
         self.aug = aug
         self.seed = seed
         self.epoch = 0
+        self.decoded = DecodedCache()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -58,7 +60,11 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """The un-augmented image and label, checked against each other and the class list."""
+        """The un-augmented image and label (read-only), checked against each other and the class list."""
+        image, label = self.decoded.get(i, lambda: self._decode_pair(i))
+        return image, label
+
+    def _decode_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image_id = self.ids[i]
         image = load_rgb(self.index.image_path(image_id))
         path = self.label_path(image_id)

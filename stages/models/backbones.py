@@ -15,6 +15,7 @@ from torch import nn
 
 from stages.errors import InputError, MissingInputError
 from stages.models import efficientnet_lite0, mit
+from stages.models.matmul_conv import use_matmul_convs
 
 TESTED_BACKBONES = ("resnet18", "resnet50", "resnet101", "convnextv2_nano", "efficientnet_lite0")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -22,11 +23,18 @@ EFFICIENTNET_LITE0_IMAGENET = "efficientnet_lite0_imagenet"
 
 
 def create_backbone(name: str, weights: str = "none") -> nn.Module:
-    """A timm features_only model returning every stage's feature map.
+    """A timm features_only model returning every stage's feature map; its convolutions compute
+    bf16 on small CPU maps as matrix products (``matmul_conv``).
 
     Callers read ``.feature_info.channels()`` / ``.reduction()`` instead of hard-coding widths.
     SegFormer's MiT (``mit_b0``, ``mit_b1``, ``*_s16``), which timm lacks, comes from mit.py.
     """
+    model = _create(name, weights)
+    use_matmul_convs(model)
+    return model
+
+
+def _create(name: str, weights: str) -> nn.Module:
     if name in mit.MIT_NAMES:
         return mit.create_mit(name, weights)
     if not timm.is_model(name):

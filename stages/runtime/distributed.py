@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from stages.errors import InputError
+from stages.runtime.allocator import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ def pick_device(local_rank: int = 0, requested: str = "auto") -> torch.device:
 
 
 def init_distributed(requested_device: str = "auto", precision: str = "auto") -> DistContext:
+    """This process's place in the group, its device and precision; its freed memory is kept for
+    reuse (``allocator``), as every stage that runs a network wants."""
+    keep_freed_memory()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,72 @@
+"""bf16 convolutions on small CPU feature maps as one matrix product.
+
+oneDNN's bf16 convolution spends much of a training step on the smallest maps: a 512 -> 512 3x3
+convolution on resnet18's last stage (16 crops of 96 px, a 3x3 map) took 32 ms forward and
+backward on this project's AMX CPU, 6 ms of it forward; on a 6x6 map, 4x the pixels, 35 ms, so
+the cost is fixed work per call, not arithmetic. The same convolution as one matrix product of
+the nine shifted (zero-padded) copies of the map -- "im2col" in channels-last order, where the
+shifts are slices and the product's output is already the channels-last result -- took 12 ms.
+
+``MatmulConv2d`` computes that way where it pays: bf16 on a CPU and an output of at most
+``MAX_PIXELS`` pixels; elsewhere (fp32, a GPU, larger maps) it is an ordinary ``nn.Conv2d``.
+Weights and state dicts are the ordinary ones. ``python -m benchmarks.matmul_conv`` measures the
+step times and the choice of ``MAX_PIXELS``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Largest output map (pixels) computed as a matrix product. On the AMX CPU (resnet18 steps, 1 thread)
+# the product wins on resnet18's 3x3 to 6x6 maps and loses from 8x8 on (benchmarks/matmul_conv.py).
+MAX_PIXELS = 36
+
+
+def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """``F.conv2d`` (groups 1, zero padding) as one matrix product, in ``x``'s dtype; the result
+    is NCHW in channels-last memory."""
+    b, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight.shape[2:], stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (B, H + 2ph, W + 2pw, C)
+    taps = [padded[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    columns = torch.cat(taps, dim=3).reshape(b * oh * ow, kh * kw * c)
+    out = columns @ weight.to(x.dtype).permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t()
+    if bias is not None:
+        out = out + bias.to(x.dtype)
+    return out.view(b, oh, ow, -1).permute(0, 3, 1, 2)
+
+
+def _output_pixels(conv: nn.Conv2d, height: int, width: int) -> int:
+    sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+             zip((height, width), conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    return sizes[0] * sizes[1]
+
+
+class MatmulConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that computes bf16 on small CPU maps as one matrix product (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+        if (x.device.type != "cpu" or dtype != torch.bfloat16
+                or _output_pixels(self, x.shape[-2], x.shape[-1]) > MAX_PIXELS):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return conv2d_as_matmul(x.to(dtype), self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def use_matmul_convs(model: nn.Module) -> int:
+    """Make every plain zero-padded convolution of ``model`` with a kernel larger than 1x1 a
+    ``MatmulConv2d``, in place (same parameters, same state dict); returns how many."""
+    count = 0
+    for module in model.modules():
+        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str) and module.kernel_size != (1, 1)):
+            module.__class__ = MatmulConv2d
+            count += 1
+    return count
