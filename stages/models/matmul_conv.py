@@ -23,14 +23,18 @@ from torch import nn
 MAX_PIXELS = 36
 
 
+def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """One side of a convolution's output (``nn.Conv2d``'s formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """``F.conv2d`` (groups 1, zero padding) as one matrix product, in ``x``'s dtype; the result
     is NCHW in channels-last memory."""
     b, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = weight.shape[2:], stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _output_size(h, kh, sh, ph, dh), _output_size(w, kw, sw, pw, dw)
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (B, H + 2ph, W + 2pw, C)
     taps = [padded[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
             for i in range(kh) for j in range(kw)]
@@ -42,9 +46,9 @@ def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 
 def _output_pixels(conv: nn.Conv2d, height: int, width: int) -> int:
-    sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
-             zip((height, width), conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
-    return sizes[0] * sizes[1]
+    h, w = (_output_size(*side) for side in
+            zip((height, width), conv.kernel_size, conv.stride, conv.padding, conv.dilation))
+    return h * w
 
 
 class MatmulConv2d(nn.Conv2d):
