@@ -99,6 +99,7 @@ class CamStepper:
 
 def _at_limit(limit: int, call: Callable[[], float]) -> Callable[[], float]:
     def run() -> float:
+        matmul_conv.ON_AMX_CPU = True  # measured on any CPU; the stages take the product only on AMX
         matmul_conv.MAX_PIXELS = limit
         return call()
     return run
@@ -106,7 +107,7 @@ def _at_limit(limit: int, call: Callable[[], float]) -> Callable[[], float]:
 
 def steps_by_limit(limits: list[int], steps: int) -> None:
     print(f"\npart 2: training steps and inference passes by MAX_PIXELS ({limits[0]} = the baseline), "
-          f"{torch.get_num_threads()} thread(s), s (median) and ratio")
+          f"{torch.get_num_threads()} thread(s), s (median) and ratio; this CPU has AMX: {matmul_conv.ON_AMX_CPU}")
     print("| work | " + " | ".join(f"MAX_PIXELS {limit}" for limit in limits) + " |")
     print("|---|" + "---|" * len(limits))
     rows: dict[str, list[Callable[[], float]]] = {

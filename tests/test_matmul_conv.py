@@ -43,6 +43,7 @@ def _counting(monkeypatch) -> list[int]:
 
 
 def test_only_bf16_on_small_cpu_maps_takes_the_matmul(monkeypatch) -> None:
+    monkeypatch.setattr(matmul_conv, "ON_AMX_CPU", True)  # the path is taken only there, tested anywhere
     calls = _counting(monkeypatch)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 16, 3, padding=1)
@@ -62,6 +63,10 @@ def test_only_bf16_on_small_cpu_maps_takes_the_matmul(monkeypatch) -> None:
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
     frozen = conv.to(torch.bfloat16)  # inference copies: bf16 weights, bf16 inputs, no autocast
     assert frozen(small.to(torch.bfloat16)).dtype == torch.bfloat16 and len(calls) == 2
+    monkeypatch.setattr(matmul_conv, "ON_AMX_CPU", False)  # oneDNN's kernel on every other CPU
+    torch.testing.assert_close(frozen(small.to(torch.bfloat16)), reference.to(torch.bfloat16)(small.to(torch.bfloat16)),
+                               rtol=0, atol=0)
+    assert len(calls) == 2
 
 
 def test_backbones_swap_plain_convolutions_and_keep_their_state() -> None:

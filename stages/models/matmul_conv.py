@@ -7,8 +7,11 @@ the cost is fixed work per call, not arithmetic. The same convolution as one mat
 the nine shifted (zero-padded) copies of the map -- "im2col" in channels-last order, where the
 shifts are slices and the product's output is already the channels-last result -- took 12 ms.
 
-``MatmulConv2d`` computes that way where it pays: bf16 on a CPU and an output of at most
-``MAX_PIXELS`` pixels; elsewhere (fp32, a GPU, larger maps) it is an ordinary ``nn.Conv2d``.
+``MatmulConv2d`` computes that way where it pays: bf16 on a CPU with AMX and an output of at most
+``MAX_PIXELS`` pixels; elsewhere (fp32, a GPU, larger maps, a CPU without AMX) it is an ordinary
+``nn.Conv2d``. On an AMD EPYC (Zen 4, AVX512-BF16 without AMX) oneDNN's kernel has no such fixed
+cost (the same 3x3-map convolution: 19.9 ms, the product 21.5 ms) and the steps and passes came out
+0.97 to 1.05x either way, so oneDNN keeps them there.
 Weights and state dicts are the ordinary ones. ``python -m benchmarks.matmul_conv`` measures the
 step times and the choice of ``MAX_PIXELS``.
 """
@@ -21,6 +24,8 @@ from torch import nn
 # Largest output map (pixels) computed as a matrix product. On the AMX CPU (resnet18 steps, 1 thread)
 # the product wins on resnet18's 3x3 to 6x6 maps and loses from 8x8 on (benchmarks/matmul_conv.py).
 MAX_PIXELS = 36
+# Whether this CPU is one where the product pays (AMX tiles; torch's probe, absent before 2.3).
+ON_AMX_CPU = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -52,12 +57,12 @@ def _output_pixels(conv: nn.Conv2d, height: int, width: int) -> int:
 
 
 class MatmulConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` that computes bf16 on small CPU maps as one matrix product (module docstring)."""
+    """An ``nn.Conv2d`` that computes bf16 on small AMX-CPU maps as one matrix product (module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-        if (x.device.type != "cpu" or dtype != torch.bfloat16
+        if (not ON_AMX_CPU or x.device.type != "cpu" or dtype != torch.bfloat16
                 or _output_pixels(self, x.shape[-2], x.shape[-1]) > MAX_PIXELS):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):

@@ -4,9 +4,10 @@
 single process. On CPU the group uses gloo, which is how tests cover the multi-process path.
 
 Precision: bf16 autocast (and channels-last tensors) where the hardware runs it natively -- a GPU,
-or a CPU with AMX tiles, where a resnet18 training step takes half the time of fp32
-(benchmarks/seg_step.py) -- and fp32 elsewhere: without AMX or AVX512-BF16 a CPU emulates bf16 and
-runs slower than in fp32. ``--precision`` overrides the choice.
+or a CPU with AMX tiles or AVX512-BF16 instructions, where a resnet18 training step takes about
+half the time of fp32 (benchmarks/seg_step.py: 0.53x on a Sapphire Rapids with AMX, 0.54x on an
+AMD EPYC with AVX512-BF16) -- and fp32 elsewhere: without them a CPU emulates bf16 and runs slower
+than in fp32. ``--precision`` overrides the choice.
 """
 from __future__ import annotations
 
@@ -62,15 +63,17 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device and --precision, the flags every stage that runs a network takes."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto: bf16 on a GPU or an AMX CPU, else fp32")
+                        help="auto: bf16 on a GPU or a CPU with AMX or AVX512-BF16, else fp32")
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 convolutions natively (a CUDA GPU, a CPU with AMX tiles)."""
+    """Whether ``device`` runs bf16 convolutions natively (a CUDA GPU; a CPU with AMX tiles, Intel
+    Sapphire Rapids and later, or with AVX512-BF16 dot products, e.g. AMD Zen 4)."""
     if device.type == "cuda":
         return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's CPU probe; absent before 2.3
-    return bool(amx is not None and amx())
+    # torch's CPU probes (absent before 2.3)
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
 
 
 def use_bf16(device: torch.device, requested: str) -> bool:
