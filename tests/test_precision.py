@@ -21,6 +21,15 @@ def test_requested_precision_wins_and_auto_follows_the_hardware() -> None:
         use_bf16(CPU, "fp16")
 
 
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_a_cpu_is_native_bf16_with_amx_or_avx512_bf16(monkeypatch, amx: bool, avx512_bf16: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert native_bf16(CPU) == (amx or avx512_bf16)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the probe
+    assert native_bf16(CPU) == amx
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_autocast_computes_convolutions_in_the_context_precision(bf16: bool) -> None:
     ctx = DistContext(0, 1, 0, CPU, bf16=bf16)
