@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.runtime.cpu_features import has_amx
+
 # Largest output map (pixels) computed as a matrix product. On the AMX CPU (resnet18 steps, 1 thread)
 # the product wins on resnet18's 3x3 to 6x6 maps and loses from 8x8 on (benchmarks/matmul_conv.py).
 MAX_PIXELS = 36
-# Whether this CPU is one where the product pays (AMX tiles; torch's probe, absent before 2.3).
-ON_AMX_CPU = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+# Whether this CPU is one where the product pays.
+ON_AMX_CPU = has_amx()
 
 
 def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from stages.errors import InputError
 from stages.runtime.allocator import keep_freed_memory
+from stages.runtime.cpu_features import has_amx, has_avx512_bf16
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 convolutions natively (a CUDA GPU; a CPU with AMX tiles, Intel
     Sapphire Rapids and later, or with AVX512-BF16 dot products, e.g. AMD Zen 4)."""
-    if device.type == "cuda":
-        return True
-    # torch's CPU probes (absent before 2.3)
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return any(probe is not None and probe() for probe in probes)
+    return device.type == "cuda" or has_amx() or has_avx512_bf16()
 
 
 def use_bf16(device: torch.device, requested: str) -> bool:
