@@ -535,8 +535,8 @@ def test_stage_refuses_bad_input_naming_it(pipeline: Pipeline, other: OtherDataS
 SCHEMA_MISTAKES = dict(
     cam={"train": {"stpes": 5, "scale_range": [0.5]}, "eval": {"threshold_step": 0}},
     segmenter={"backbone": "resnet18"},
-    seg={"decoder": "unet", "train": {"batch_size": "eight"}},
-    pseudo_labels={"threshold": 1.5, "ignore_band": -0.1},
+    seg={"decoder": "unet", "train": {"batch_size": "eight", "lr": float("nan")}},
+    pseudo_labels={"threshold": 1.5, "ignore_band": -0.1, "crf": {"bilateral_srgb": float("inf")}},
     evaluation={"scales": []},
     refinements={"none": {"method": "none"}, "magic": {"method": "magic"}},
     variants={"ce-2": {"method": "ce", "pseudo_labels": "none"},
@@ -558,6 +558,9 @@ SCHEMA_CASES = {
     "bad_variant_name": "variants: 'ce-2' does not match",
     "unknown_method_option": "variants.ce3: Additional properties are not allowed ('lr' was unexpected)",
     "bad_md5": "dataset.voc.archives.voc2012_trainval.md5: 'abc' does not match",
+    # YAML's .nan and .inf: every bound of the schema compares false with NaN
+    "nan_learning_rate": "seg.train.lr: nan is not a finite number",
+    "infinite_crf_parameter": "pseudo_labels.crf.bilateral_srgb: inf is not a finite number",
 }
 # Mistakes the workflow finds after the schema passes: one run each, since the first one stops it.
 WORKFLOW_MISTAKES = {
@@ -571,6 +574,17 @@ WORKFLOW_MISTAKES = {
                          "dataset.folder.path: 'no/such/folder' is not a directory"),
     "devkit_not_there": (dict(dataset={"kind": "voc", "voc": {"devkit": "no/VOC2012"}}),
                          "dataset.voc.devkit: 'no/VOC2012' is not a directory"),
+    # every weights key, before any job (a stage would find out only once its job starts)
+    "cam_weights_not_there": (dict(cam={"weights": "no/resnet18.pth"}),
+                              "cam.weights: 'no/resnet18.pth' is neither one of ['none', "),
+    "seg_weights_not_there": (dict(seg={"weights": "no/seg.pth"}), "seg.weights: 'no/seg.pth' is neither"),
+    "variant_weights_not_there": (
+        dict(variants={"ce": {"method": "ce", "pseudo_labels": "none", "seg": {"weights": "no/v.pth"}}}),
+        "variants.ce.seg.weights: 'no/v.pth' is neither"),
+    "imported_folder_not_there": (
+        dict(refinements={"none": {"method": "none"},
+                          "theirs": {"method": "imported", "path": "no/cams", "format": "irn"}}),
+        "refinements.theirs.path: 'no/cams' is not a directory"),
 }
 
 

@@ -16,10 +16,9 @@ from torch import nn
 from stages.errors import InputError, MissingInputError
 from stages.models import efficientnet_lite0, mit
 from stages.models.matmul_conv import use_matmul_convs
+from stages.models.weight_names import EFFICIENTNET_LITE0_IMAGENET, WEIGHT_SUFFIXES
 
 TESTED_BACKBONES = ("resnet18", "resnet50", "resnet101", "convnextv2_nano", "efficientnet_lite0")
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
-EFFICIENTNET_LITE0_IMAGENET = "efficientnet_lite0_imagenet"
 
 
 def create_backbone(name: str, weights: str = "none") -> nn.Module:

@@ -22,10 +22,10 @@ rule train_cam:
         train=cli(config["cam"]["train"]),
         device=DEVICE_ARGS,
     shell:
-        LAUNCH + " stages.train_cam --index {input.index} --split train_aug"
-        " --backbone {params.backbone} --weights {params.weights} --pooling {params.pooling}"
-        " {params.train} {params.device} --out {output.model}"
-        " --checkpoint {params.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+        LAUNCH + " stages.train_cam --index {input.index:q} --split train_aug"
+        " --backbone {params.backbone:q} --weights {params.weights:q} --pooling {params.pooling:q}"
+        " {params.train:q} {params.device:q} --out {output.model:q}"
+        " --checkpoint {params.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule infer_cam:
@@ -66,8 +66,9 @@ rule infer_cam:
         ),
         device=DEVICE_ARGS,
     shell:
-        LAUNCH + " stages.infer_cam --index {input.index} --checkpoint {input.model}"
-        " --split {wildcards.split} {params.scales} {params.device} --out {output} > {log} 2>&1"
+        LAUNCH
+        + " stages.infer_cam --index {input.index:q} --checkpoint {input.model:q}"
+        " --split {wildcards.split:q} {params.scales:q} {params.device:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule eval_cam:
@@ -88,9 +89,9 @@ rule eval_cam:
         sweep=cli(config["cam"]["eval"], exclude=("split",)),
     shell:
         PYTHON
-        + " stages.eval_cam --index {input.index} --cams {input.cams} --split {params.split}"
-        " {params.sweep} --out-sweep {output.sweep} --out-per-class {output.per_class}"
-        " --out-best {output.best} > {log} 2>&1"
+        + " stages.eval_cam --index {input.index:q} --cams {input.cams:q} --split {params.split:q}"
+        " {params.sweep:q} --out-sweep {output.sweep:q} --out-per-class {output.per_class:q}"
+        " --out-best {output.best:q} > {log:q} 2>&1"
 
 
 rule cam_panels:
@@ -108,8 +109,8 @@ rule cam_panels:
     log:
         "results/logs/cam_panels.log",
     params:
-        ids=lambda wildcards, input: " ".join(panel_ids(input.index)),
+        ids=lambda wildcards, input: panel_ids(input.index),
     shell:
         PYTHON
-        + " stages.inspect --index {input.index} --cams {input.cams} --labels {input.labels}"
-        " --ids {params.ids} --out-dir {output} > {log} 2>&1"
+        + " stages.inspect --index {input.index:q} --cams {input.cams:q} --labels {input.labels:q}"
+        " --ids {params.ids:q} --out-dir {output:q} > {log:q} 2>&1"

@@ -1,13 +1,15 @@
 # Helpers shared by the rule files -- validation, config lookups, input functions, wildcards.
 import copy
 import json
+import math
 import os
-import shlex
 
 import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from stages.models.weight_names import NAMED_WEIGHTS
 
 min_version("9.0")
 
@@ -21,12 +23,32 @@ def config_errors(cfg, schema_path):
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
     validator = jsonschema.Draft202012Validator(schema)
-    return [
-        f"{'.'.join(str(p) for p in err.absolute_path) or '<top level>'}: {err.message}"
-        for err in sorted(
-            validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))
-        )
+    found = [
+        (list(map(str, err.absolute_path)), err.message)
+        for err in validator.iter_errors(cfg)
     ]
+    found += [
+        (path, f"{value} is not a finite number")
+        for path, value in non_finite_values(cfg)
+    ]
+    return [
+        f"{'.'.join(path) or '<top level>'}: {message}"
+        for path, message in sorted(found)
+    ]
+
+
+def non_finite_values(value, path=()):
+    """(key path, value) of every .nan / .inf in the config: JSON Schema's bounds cannot refuse
+    them (every comparison with NaN is false), and a NaN learning rate would surface only as a
+    "non-finite loss" that names no key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield list(path), value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from non_finite_values(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from non_finite_values(item, (*path, str(i)))
 
 
 _errors = config_errors(config, CONFIG_SCHEMA)
@@ -62,37 +84,36 @@ VARIANTS = config["variants"]
 
 
 def cli(options, exclude=()):
-    """Turn a config mapping into command-line flags: crop_size: 128 -> --crop-size 128.
+    """A config mapping as command-line arguments: crop_size: 128 -> ["--crop-size", "128"].
 
-    Sorted by key: the flags are rule params, and the same settings written in another order
-    (or filled in by the schema in its order) must not look like a change and re-run the job.
+    A list of single arguments, for a rule's shell line to quote one by one (`{params.x:q}`): no
+    config value is ever read by the shell. Sorted by key: the arguments are rule params, and the
+    same settings written in another order (or filled in by the schema in its order) must not look
+    like a change and re-run the job.
     """
-    parts = []
+    args = []
     for key, value in sorted(options.items()):
         if key in exclude or value is None:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
-            parts.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+            args += [flag, *map(str, value)]
         elif isinstance(value, dict):
-            parts.append(flag + " " + shlex.quote(json.dumps(value, sort_keys=True)))
+            args += [flag, json.dumps(value, sort_keys=True)]
         else:
-            parts.append(flag + " " + shlex.quote(str(value)))
-    return " ".join(parts)
+            args += [flag, str(value)]
+    return args
 
 
 def dataset_args():
+    """prepare_dataset's arguments for the configured kind (a list, see ``cli``)."""
     kind = config["dataset"]["kind"]
-    options = config["dataset"][kind]
-    if kind == "toy":
-        return "--root results/dataset/toy " + cli(options)
-    if kind == "voc":
-        return "--root results/dataset/voc " + cli(options)
-    if kind == "coco":
-        return "--root results/dataset/coco " + cli(options)
-    return cli(options)
+    root = (
+        ["--root", f"results/dataset/{kind}"] if kind in ("toy", "voc", "coco") else []
+    )
+    return root + cli(config["dataset"][kind])
 
 
 # Every stage runs as `python -m stages.<name>`, with torch's CPU threads set to the rule's
@@ -129,7 +150,7 @@ SEGMENTER_PRIORITY = 1
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
 # Where and in what arithmetic every stage that runs a network computes.
-DEVICE_ARGS = f"--device {config['device']} --precision {config['precision']}"
+DEVICE_ARGS = ["--device", config["device"], "--precision", config["precision"]]
 
 
 def check_dataset_source():
@@ -147,6 +168,29 @@ def check_dataset_source():
 
 
 check_dataset_source()
+
+
+def check_weights():
+    """A weights file that is not there is refused before any job runs, naming the key: the CAM
+    network's, the segmenter's, and each variant's own."""
+    keys = {
+        "cam.weights": config["cam"]["weights"],
+        "seg.weights": config["seg"]["weights"],
+    }
+    keys |= {
+        f"variants.{name}.seg.weights": seg["weights"]
+        for name, seg in _VARIANT_SEG.items()
+        if "weights" in seg
+    }
+    for key, value in keys.items():
+        if value not in NAMED_WEIGHTS and not os.path.isfile(value):
+            raise ValueError(
+                f"{key}: {value!r} is neither one of {list(NAMED_WEIGHTS)} nor an existing weights "
+                f"file (relative paths start at {os.getcwd()})"
+            )
+
+
+check_weights()
 
 
 def variant_seg(name):
@@ -276,6 +320,19 @@ def refinements_of(*methods):
     )
 
 
+def check_imported_folders():
+    """An imported refinement's folder that is not there is refused before any job, naming the key."""
+    for name in refinements_of("imported"):
+        path = REFINEMENTS[name]["path"]
+        if not os.path.isdir(path):
+            raise ValueError(
+                f"refinements.{name}.path: {path!r} is not a directory (relative paths start at {os.getcwd()})"
+            )
+
+
+check_imported_folders()
+
+
 def name_pattern(names):
     """A wildcard constraint that matches exactly these names (and nothing when there are none)."""
     return "|".join(names) if names else "(?!)"
@@ -329,25 +386,26 @@ def train_seg_inputs(wildcards):
 
 
 def train_seg_flags(wildcards, input):
-    """The input flags of train_seg for what ``train_seg_inputs`` gave the variant."""
-    flags = [f"--cam-checkpoint {input.cam_model}"]
+    """The input arguments of train_seg for what ``train_seg_inputs`` gave the variant."""
+    args = ["--cam-checkpoint", input.cam_model]
     if "pseudo_labels" in input.keys():
-        flags.append(f"--pseudo-labels {input.pseudo_labels}")
+        args += ["--pseudo-labels", input.pseudo_labels]
     if "scribbles" in input.keys():
-        flags.append(f"--scribbles {input.scribbles}")
+        args += ["--scribbles", input.scribbles]
     kind, _ = init_source(wildcards.variant)
     if kind == "cam":
-        flags.append(f"--init-from-cam {input.cam_model}")
+        args += ["--init-from-cam", input.cam_model]
     elif kind in ("variant", "file"):
-        flags.append(f"--init-from-model {shlex.quote(input.init_model)}")
-    return " ".join(flags)
+        args += ["--init-from-model", input.init_model]
+    return args
 
 
 def variant_options(wildcards):
+    """A variant's method options as one JSON argument."""
     options = {
         k: v for k, v in VARIANTS[wildcards.variant].items() if k not in VARIANT_KEYS
     }
-    return shlex.quote(json.dumps(options, sort_keys=True))
+    return json.dumps(options, sort_keys=True)
 
 
 def panel_refinement():

@@ -11,12 +11,12 @@ rule prepare_dataset:
         kind=config["dataset"]["kind"],
         args=dataset_args(),
         workers=lambda wildcards, threads: (
-            f"--workers {threads}" if config["dataset"]["kind"] == "toy" else ""
+            ["--workers", threads] if config["dataset"]["kind"] == "toy" else []
         ),
     shell:
         PYTHON
-        + " stages.prepare_dataset --kind {params.kind} --index {output} {params.args} {params.workers}"
-        " > {log} 2>&1"
+        + " stages.prepare_dataset --kind {params.kind:q} --index {output:q} {params.args:q} {params.workers:q}"
+        " > {log:q} 2>&1"
 
 
 rule check_dataset:
@@ -32,5 +32,5 @@ rule check_dataset:
         # useful exactly when the check fails.
         report="results/dataset/check_report.csv",
     shell:
-        PYTHON + " stages.check_dataset --index {input} --policy {params.policy}"
-        " --report {params.report} --out-index {output} > {log} 2>&1"
+        PYTHON + " stages.check_dataset --index {input:q} --policy {params.policy:q}"
+        " --report {params.report:q} --out-index {output:q} > {log:q} 2>&1"

@@ -23,5 +23,5 @@ rule import_cams:
         ),
     shell:
         PYTHON
-        + " stages.import_cams --index {input.index} --path {input.folder:q} --split {wildcards.split}"
-        " {params.options} --out {output} > {log} 2>&1"
+        + " stages.import_cams --index {input.index:q} --path {input.folder:q} --split {wildcards.split:q}"
+        " {params.options:q} --out {output:q} > {log:q} 2>&1"

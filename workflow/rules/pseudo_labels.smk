@@ -20,9 +20,9 @@ rule pseudo_labels:
         crf=cli(config["pseudo_labels"]["crf"]),
     shell:
         PYTHON
-        + " stages.pseudo_labels --index {input.index} --cams {input.cams} --split {wildcards.split}"
-        " --threshold {params.threshold} --best {input.best} {params.options} {params.crf}"
-        " --workers {threads} --out-dir {output} > {log} 2>&1"
+        + " stages.pseudo_labels --index {input.index:q} --cams {input.cams:q} --split {wildcards.split:q}"
+        " --threshold {params.threshold:q} --best {input.best:q} {params.options:q} {params.crf:q}"
+        " --workers {threads} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule eval_pseudo:
@@ -38,5 +38,5 @@ rule eval_pseudo:
         split=config["cam"]["eval"]["split"],
     shell:
         PYTHON
-        + " stages.eval_pseudo --index {input.index} --labels {input.labels} --split {params.split}"
-        " --out-summary {output.summary} --out-per-class {output.per_class} > {log} 2>&1"
+        + " stages.eval_pseudo --index {input.index:q} --labels {input.labels:q} --split {params.split:q}"
+        " --out-summary {output.summary:q} --out-per-class {output.per_class:q} > {log:q} 2>&1"

@@ -46,12 +46,12 @@ rule refine_plmix:
         device=DEVICE_ARGS,
     shell:
         LAUNCH
-        + " stages.refine --index {input.index} --split {params.split} --eval-split {params.eval_split}"
-        " --checkpoint {input.model} --best {input.best} --cams {input.cams} {params.options} {params.train}"
-        " {params.inference}"
-        " {params.sweep} {params.crf} --crf-workers {threads} {params.device}"
-        " --out {output.model} --out-cams {output.cams} --rounds-csv {output.rounds}"
-        " --state-dir {params.state_dir} > {log} 2>&1"
+        + " stages.refine --index {input.index:q} --split {params.split:q} --eval-split {params.eval_split:q}"
+        " --checkpoint {input.model:q} --best {input.best:q} --cams {input.cams:q} {params.options:q} {params.train:q}"
+        " {params.inference:q}"
+        " {params.sweep:q} {params.crf:q} --crf-workers {threads} {params.device:q}"
+        " --out {output.model:q} --out-cams {output.cams:q} --rounds-csv {output.rounds:q}"
+        " --state-dir {params.state_dir:q} > {log:q} 2>&1"
 
 
 # IRN refinement, part 1 (stages.refine_irn train): the affinity network, from the source's CAMs.
@@ -92,10 +92,10 @@ rule train_irn:
         device=DEVICE_ARGS,
     shell:
         LAUNCH
-        + " stages.refine_irn train --index {input.index} --split {params.split} --cams {input.cams}"
-        " --best {input.best} --cam-checkpoint {input.cam_model} --weights {params.weights} {params.options}"
-        " {params.train} {params.crf} --crf-workers {threads} {params.device}"
-        " --out {output.model} --metrics {output.metrics} --state-dir {params.state_dir} > {log} 2>&1"
+        + " stages.refine_irn train --index {input.index:q} --split {params.split:q} --cams {input.cams:q}"
+        " --best {input.best:q} --cam-checkpoint {input.cam_model:q} --weights {params.weights:q} {params.options:q}"
+        " {params.train:q} {params.crf:q} --crf-workers {threads} {params.device:q}"
+        " --out {output.model:q} --metrics {output.metrics:q} --state-dir {params.state_dir:q} > {log:q} 2>&1"
 
 
 # IRN refinement, part 2 (stages.refine_irn walk): the source's CAM file of a split, walked.
@@ -128,5 +128,5 @@ rule refine_irn:
         device=DEVICE_ARGS,
     shell:
         LAUNCH
-        + " stages.refine_irn walk --index {input.index} --split {wildcards.split} --cams {input.cams}"
-        " --model {input.model} {params.walk} {params.device} --out {output} > {log} 2>&1"
+        + " stages.refine_irn walk --index {input.index:q} --split {wildcards.split:q} --cams {input.cams:q}"
+        " --model {input.model:q} {params.walk:q} {params.device:q} --out {output:q} > {log:q} 2>&1"

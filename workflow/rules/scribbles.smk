@@ -17,8 +17,8 @@ rule scribbles:
         strokes=cli(config["scribbles"]),
     shell:
         PYTHON
-        + " stages.scribbles --index {input.index} --split {wildcards.split} --source {wildcards.source}"
-        " {params.strokes} --out-dir {output} > {log} 2>&1"
+        + " stages.scribbles --index {input.index:q} --split {wildcards.split:q} --source {wildcards.source:q}"
+        " {params.strokes:q} --out-dir {output:q} > {log:q} 2>&1"
 
 
 rule scribbles_pseudo:
@@ -35,5 +35,5 @@ rule scribbles_pseudo:
         strokes=cli(config["scribbles"]),
     shell:
         PYTHON
-        + " stages.scribbles --index {input.index} --split {wildcards.split} --source pseudo"
-        " --pseudo-labels {input.labels} {params.strokes} --out-dir {output} > {log} 2>&1"
+        + " stages.scribbles --index {input.index:q} --split {wildcards.split:q} --source pseudo"
+        " --pseudo-labels {input.labels:q} {params.strokes:q} --out-dir {output:q} > {log:q} 2>&1"

@@ -36,11 +36,11 @@ rule train_seg:
         train=lambda wildcards: cli(variant_seg(wildcards.variant)["train"]),
         device=DEVICE_ARGS,
     shell:
-        LAUNCH + " stages.train_seg --index {input.index} --split {params.split}"
-        " --method {params.method} --method-options {params.options} {params.inputs}"
-        " {params.model} {params.train} {params.device} --out {output.model}"
-        " --checkpoint {params.checkpoint} --state-dir {params.state_dir} --outputs {output.outputs}"
-        " --metrics {output.metrics} > {log} 2>&1"
+        LAUNCH + " stages.train_seg --index {input.index:q} --split {params.split:q}"
+        " --method {params.method:q} --method-options {params.options:q} {params.inputs:q}"
+        " {params.model:q} {params.train:q} {params.device:q} --out {output.model:q}"
+        " --checkpoint {params.checkpoint:q} --state-dir {params.state_dir:q} --outputs {output.outputs:q}"
+        " --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -74,7 +74,7 @@ rule evaluate:
         device=DEVICE_ARGS,
     shell:
         PYTHON
-        + " stages.evaluate --index {input.index} --checkpoint {input.model} --split {params.split}"
-        " {params.options} {params.crf} {params.device} --out-metrics {output.metrics}"
-        " --out-per-class {output.per_class} --out-predictions {output.predictions}"
-        " --out-panels {output.panels} > {log} 2>&1"
+        + " stages.evaluate --index {input.index:q} --checkpoint {input.model:q} --split {params.split:q}"
+        " {params.options:q} {params.crf:q} {params.device:q} --out-metrics {output.metrics:q}"
+        " --out-per-class {output.per_class:q} --out-predictions {output.predictions:q}"
+        " --out-panels {output.panels:q} > {log:q} 2>&1"

@@ -47,52 +47,50 @@ rule summary:
     log:
         "results/logs/summary.log",
     params:
-        pseudo=lambda wildcards, input: " ".join(
+        pseudo=lambda wildcards, input: [
             f"{r}={path}" for r, path in zip(REFINEMENTS, input.pseudo)
-        ),
-        variants=lambda wildcards, input: " ".join(
+        ],
+        variants=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.variants)
-        ),
-        pseudo_per_class=lambda wildcards, input: " ".join(
+        ],
+        pseudo_per_class=lambda wildcards, input: [
             f"{r}={path}" for r, path in zip(REFINEMENTS, input.pseudo_per_class)
-        ),
-        variant_per_class=lambda wildcards, input: " ".join(
+        ],
+        variant_per_class=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.variant_per_class)
-        ),
+        ],
         # variants trained on scribbles have no pseudo labels, and are not listed; sorted, as
         # the config's order is no setting and must not re-run the summary
-        variant_labels=" ".join(
+        variant_labels=[
             f"{v}={options['pseudo_labels']}"
             for v, options in sorted(VARIANTS.items())
             if options.get("pseudo_labels") is not None
-        ),
-        method_outputs=lambda wildcards, input: " ".join(
+        ],
+        method_outputs=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.method_outputs)
-        ),
-        curves=lambda wildcards, input: " ".join(
-            [f"cam={input.cam_metrics}"]
-            + [f"{v}={path}" for v, path in zip(VARIANTS, input.seg_metrics)]
-        ),
+        ],
+        curves=lambda wildcards, input: [f"cam={input.cam_metrics}"]
+        + [f"{v}={path}" for v, path in zip(VARIANTS, input.seg_metrics)],
         # the refinement is the folder name: results/refine/<refinement>/rounds.csv
-        rounds=lambda wildcards, input: " ".join(
+        rounds=lambda wildcards, input: [
             f"{os.path.basename(os.path.dirname(path))}={path}"
             for path in input.rounds
-        ),
+        ],
         # results/cam/eval/best.json -> cam, results/refine/plmix/eval/best.json -> plmix
-        cam_best=lambda wildcards, input: " ".join(
+        cam_best=lambda wildcards, input: [
             f"{path.split('/')[-3]}={path}" for path in input.cam_best
-        ),
+        ],
         cam_split=config["cam"]["eval"]["split"],
         seg_split=config["evaluation"]["split"],
     shell:
         PYTHON
-        + " stages.summary --cam-best {params.cam_best} --pseudo {params.pseudo}"
-        " --variant {params.variants} --train-metrics {params.curves} --refine-rounds {params.rounds}"
-        " --pseudo-per-class {params.pseudo_per_class} --variant-per-class {params.variant_per_class}"
-        " --variant-labels {params.variant_labels} --method-outputs {params.method_outputs}"
-        " --cam-split {params.cam_split} --seg-split {params.seg_split} --benchmarks results/benchmarks"
-        " --out-csv {output.csv} --out-per-class {output.per_class} --out-md {output.md}"
-        " --out-plot-variants {output.variants} --out-plot-curves {output.curves} > {log} 2>&1"
+        + " stages.summary --cam-best {params.cam_best:q} --pseudo {params.pseudo:q}"
+        " --variant {params.variants:q} --train-metrics {params.curves:q} --refine-rounds {params.rounds:q}"
+        " --pseudo-per-class {params.pseudo_per_class:q} --variant-per-class {params.variant_per_class:q}"
+        " --variant-labels {params.variant_labels:q} --method-outputs {params.method_outputs:q}"
+        " --cam-split {params.cam_split:q} --seg-split {params.seg_split:q} --benchmarks results/benchmarks"
+        " --out-csv {output.csv:q} --out-per-class {output.per_class:q} --out-md {output.md:q}"
+        " --out-plot-variants {output.variants:q} --out-plot-curves {output.curves:q} > {log:q} 2>&1"
 
 
 rule devices:
@@ -104,4 +102,4 @@ rule devices:
         gpu=1,
         runtime=5,
     shell:
-        LAUNCH + " stages.devices --out {output} > {log} 2>&1"
+        LAUNCH + " stages.devices --out {output:q} > {log:q} 2>&1"
