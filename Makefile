@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test dry-run report clean
+.PHONY: setup run test dry-run report clean browser
 
 setup: $(STAMP)
 
@@ -26,9 +26,17 @@ dry-run: $(STAMP)
 report: $(STAMP)
 	snakemake --report results/report.html
 
-test: $(STAMP)
+test: $(STAMP) browser
 	python -m pytest $(PYTEST_ARGS)
 
+# Debian's Chromium and its driver, for the results browser's test (tests/test_browse.py); installed
+# with apt-get as root, the way CI runs; elsewhere the test says how and skips.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "make browser: could not install chromium and chromium-driver (root needed); tests/test_browse.py will skip"
+
 clean:
-	rm -rf results/dataset results/cam results/refine results/pseudo_labels results/seg results/eval \
-	       results/summary results/logs results/benchmarks results/devices.json .snakemake
+	rm -rf results/dataset results/cam results/refine results/pseudo_labels results/seg results/eval results/browse \
+	       results/summary results/scribbles results/logs results/benchmarks results/devices.json .snakemake

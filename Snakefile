@@ -23,10 +23,12 @@ include: "workflow/rules/pseudo_labels.smk"
 include: "workflow/rules/scribbles.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/browse.smk"
 
 
 rule all:
     input:
         "results/summary/summary.md",
+        "results/browse",
         "results/cam/panels",
         "results/devices.json",

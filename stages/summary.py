@@ -26,6 +26,7 @@ import pandas as pd
 
 from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
+from stages.io.named_args import named_paths, named_values
 from stages.reporting.diagnostics import diagnostics_markdown
 from stages.reporting.figures import new_figure, save_png
 from stages.reporting.per_class import per_class_long, per_class_markdown
@@ -53,23 +54,6 @@ NOTES = {  # summary.md's key to the columns, for those the table has
     "seconds": "wall time of the rule's job (`stage` = rule, `name` = its wildcards), from Snakemake's "
                "benchmark files",
 }
-
-
-def named_values(values: Sequence[str], flag: str, form: str = "NAME=VALUE") -> dict[str, str]:
-    """``NAME=VALUE`` arguments as an ordered mapping; names must be unique."""
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise InputError(f"{flag} {value!r}: expected {form}")
-        if name in out:
-            raise InputError(f"{flag}: name {name!r} given twice")
-        out[name] = rest
-    return out
-
-
-def named_paths(values: Sequence[str], flag: str) -> dict[str, Path]:
-    return {name: Path(path) for name, path in named_values(values, flag, "NAME=PATH").items()}
 
 
 def cam_rows(bests: dict[str, Path], split: str) -> list[dict]:

@@ -21,7 +21,7 @@ def test_conda_env_matches_pip_pins():
     env = yaml.safe_load((REPO / "envs" / "pipeline.yaml").read_text())
     conda_pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     conda_pins = _pins(conda_pip)
-    for test_only in ("pytest", "ruff", "snakefmt"):  # not needed inside rule environments
+    for test_only in ("pytest", "selenium", "ruff", "snakefmt"):  # not needed inside rule environments
         pip_pins.pop(test_only)
     assert conda_pins == pip_pins
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from stages import summary
+from stages.io.named_args import named_paths
 from stages.reporting import diagnostics, per_class
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -119,9 +120,9 @@ def test_columns_nobody_filled_are_dropped(inputs) -> None:
 def test_bad_inputs_are_named(inputs) -> None:
     d = inputs["dir"]
     with pytest.raises(ValueError, match="expected NAME=PATH"):
-        summary.named_paths(["nopath"], "--variant")
+        named_paths(["nopath"], "--variant")
     with pytest.raises(ValueError, match="given twice"):
-        summary.named_paths(["a=x", "a=y"], "--variant")
+        named_paths(["a=x", "a=y"], "--variant")
     (d / "bad.csv").write_text("mode,score\nsingle,1\n")
     with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) miou"):
         summary.variant_rows({"x": d / "bad.csv"}, "val")
