@@ -543,7 +543,7 @@ def _case_folder_does_not_exist(p: Pipeline, o: OtherDataSet, tmp: Path) -> Stag
 
 
 # data-set files prepare_dataset must refuse, in a copy of the clean folder
-SECRET = "first line of a file outside the data set"
+SECRET = "root:x:0:0:root:/root:/bin/bash"  # a first line that is no id: the id check would have echoed it
 
 
 def _folder_copy(p: Pipeline, tmp: Path) -> Path:
