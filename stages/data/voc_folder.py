@@ -117,7 +117,7 @@ def labels_from_xml(folder: DataFolder, annotations: Path, classes: list[str], i
             continue
         try:
             root = ET.parse(path).getroot()
-        except ET.ParseError as exc:
+        except (OSError, ET.ParseError) as exc:
             raise InputError(f"{path}: cannot parse annotation XML ({exc})") from exc
         names = [(obj.findtext("name") or "").strip() for obj in root.findall("object")]
         out[i] = _foreground_indices(names, classes, path, i)
