@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "folder, read in place, nothing downloaded)")
     folder.add_argument("--labels", choices=LABEL_SOURCES, help="where image-level labels come from")
     folder.add_argument("--follow-symlinks-outside", action=argparse.BooleanOptionalAction, default=False,
-                        help="accept images, masks and scribbles that are symbolic links leading outside "
-                             "the folder (also for --kind voc; refused by default)")
+                        help="read files of the data set (lists, labels, annotations, images, masks, "
+                             "scribbles) that are symbolic links leading outside its folder (also for "
+                             "--kind voc and coco; refused by default)")
     coco = p.add_argument_group("coco", "also --download-dir, --retries and --archives as for voc, and --path")
     coco.add_argument("--max-train-aug", type=int, help="keep the first N train2014 images (default: all)")
     coco.add_argument("--max-train", type=int, help="train, for CAM evaluation: the first N of train_aug "
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "coco":
         index = prepare_coco(args.root, args.path, args.download_dir, args.archives, args.retries,
                              max_train_aug=args.max_train_aug, max_train=args.max_train, max_val=args.max_val,
-                             progress=args.progress)
+                             progress=args.progress, follow_symlinks_outside=args.follow_symlinks_outside)
     else:
         index = read_voc_folder(args.path, args.labels, progress=args.progress,
                                 follow_symlinks_outside=args.follow_symlinks_outside)

@@ -4,11 +4,14 @@ Three groups, one test id per case:
 
 - a VOC-format folder holding one image of each defect goes through the stages as the workflow
   runs them (``python -m stages.<name>``): check_dataset with ``stop`` fails and its report names
-  every bad file; with ``skip`` the rest goes on through train_cam, infer_cam, eval_cam and
-  pseudo_labels, and the grayscale, CMYK and non-ASCII images come out at the far end;
+  every bad file (decompression bombs included); with ``skip`` the rest goes on through
+  train_cam, infer_cam, eval_cam and pseudo_labels, and the grayscale, CMYK and non-ASCII images
+  come out at the far end;
 - stage inputs that do not belong together (a CAM file of another data set, a truncated one, a
-  CAM network for another class list, a pseudo-label folder lacking ids, ...), and config values
-  that only a stage can judge (a backbone name, a split name, a weights file);
+  CAM network for another class list, a pseudo-label folder lacking ids, ...), data-set files
+  prepare_dataset must refuse (a list file or label file linked outside the folder, a list file
+  that is not UTF-8, an id with an invisible character), and config values that only a stage can
+  judge (a backbone name, a split name, a weights file);
 - configuration mistakes, which Snakemake must refuse before any job runs.
 """
 from __future__ import annotations
@@ -19,8 +22,11 @@ import importlib
 import io
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import unicodedata
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,9 @@ from PIL import Image
 
 from conftest import REPO, pipeline_env, snakemake, stage_argv, train_options, write_config
 from stages import errors
+from stages.cams.foreign import image_size
+from stages.data.checks import check_index
+from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
 from stages.io.cam_store import CamReader
@@ -40,6 +49,11 @@ from stages.io.label_png import read_label, write_label
 NUM_CLASSES = 3          # toy object classes; with background the index has 4
 FOLDER_NAME = "voc"      # both data sets below share it, so only their class lists differ
 NON_ASCII_ID = "bäume_図01"
+NFD_ID = "café_nfd"  # listed in NFC, its files named in NFD (as macOS writes names)
+# Sizes the stages, which run with PIL's default limit, must refuse: beyond twice the limit (PIL's
+# DecompressionBombError) and between once and twice (PIL only warns, then would decode 100 MB)
+BOMB_SIZES = {"beyond_twice_the_limit": (20_000, 20_000), "beyond_the_limit": (10_000, 10_000)}
+BOMB_PROBLEM = "beyond PIL's decompression-bomb limit"
 
 # ---------------------------------------------------------------------------------------------
 # A data set with one image of each defect
@@ -109,6 +123,24 @@ def _listed_twice(root: Path, image_id: str) -> str:
     return image_id
 
 
+def bomb_png(path: Path, width: int, height: int) -> None:
+    """A grayscale PNG that declares ``width`` x ``height`` but holds one row: under 100 bytes on disk.
+    PIL judges the size from the header, so to it this is a decompression bomb like one whose pixels
+    were all there (which would take seconds to compress here)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale, not interlaced
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
+
+
+def _bomb(file_of: Callable[[Path, str], Path], size: tuple[int, int]) -> Callable[[Path, str], str]:
+    def apply(root: Path, image_id: str) -> str:
+        bomb_png(file_of(root, image_id), *size)
+        return image_id
+    return apply
+
+
 def _no_image_label(root: Path, image_id: str) -> str:
     path = root / "image_labels.json"
     labels = json.loads(path.read_text(encoding="utf-8"))
@@ -131,6 +163,20 @@ def _non_ascii_name(root: Path, image_id: str) -> str:
     return NON_ASCII_ID
 
 
+def _name_in_another_unicode_form(root: Path, image_id: str) -> str:
+    """A copy of the image and mask under an NFD name, listed (and labelled) under its NFC form."""
+    nfd = unicodedata.normalize("NFD", NFD_ID)
+    shutil.copy(_jpeg(root, image_id), _jpeg(root, nfd))
+    shutil.copy(_mask(root, image_id), _mask(root, nfd))
+    with _list_file(root, "train").open("a", encoding="utf-8") as f:
+        f.write(f"{NFD_ID}\n")
+    path = root / "image_labels.json"
+    labels = json.loads(path.read_text(encoding="utf-8"))
+    labels[NFD_ID] = labels[image_id]
+    path.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    return NFD_ID
+
+
 @dataclass(frozen=True)
 class Defect:
     apply: Callable[[Path, str], str]  # (folder, a clean train id) -> the id it concerns
@@ -150,6 +196,11 @@ DEFECTS = {
     "image_missing": Defect(_image_missing, "image missing"),
     "id_listed_twice": Defect(_listed_twice, "listed 2 times in split 'train'", names_file=False),
     "no_image_label": Defect(_no_image_label, "no image-level label", names_file=False),
+    "image_decompression_bomb": Defect(_bomb(_jpeg, BOMB_SIZES["beyond_twice_the_limit"]), BOMB_PROBLEM),
+    "mask_decompression_bomb": Defect(_bomb(_mask, BOMB_SIZES["beyond_the_limit"]), BOMB_PROBLEM),
+    "file_name_in_another_unicode_form": Defect(_name_in_another_unicode_form,
+                                                f"image missing, but '{unicodedata.normalize('NFD', NFD_ID)}.jpg' "
+                                                f"is there"),
 }
 BAD = [name for name, d in DEFECTS.items() if d.problem]
 ACCEPTED = [name for name, d in DEFECTS.items() if not d.problem]
@@ -342,12 +393,14 @@ def other(tmp_path_factory) -> OtherDataSet:
 
 @dataclass(frozen=True)
 class StageCase:
-    """A stage run with one wrong input: what the error must name, and the output it must not leave."""
+    """A stage run with one wrong input: what the error must name, the output it must not leave, and
+    text it must not show (what a file it refused to read holds)."""
 
     stage: str
     argv: list[object]
     names: list[str]
     output: Path
+    hidden: tuple[str, ...] = ()
 
 
 def _pseudo_label_args(p: Pipeline, cams: Path, out: Path, best: Path | None = None) -> list[object]:
@@ -489,6 +542,56 @@ def _case_folder_does_not_exist(p: Pipeline, o: OtherDataSet, tmp: Path) -> Stag
                      [str(folder), "not a VOC-layout folder"], tmp / "index.json")
 
 
+# data-set files prepare_dataset must refuse, in a copy of the clean folder
+SECRET = "root:x:0:0:root:/root:/bin/bash"  # a first line that is no id: the id check would have echoed it
+
+
+def _folder_copy(p: Pipeline, tmp: Path) -> Path:
+    root = tmp / "data" / FOLDER_NAME
+    shutil.copytree(p.clean_root, root)
+    return root
+
+
+def _prepare_folder(root: Path, tmp: Path, names: list[str], hidden: tuple[str, ...] = ()) -> StageCase:
+    return StageCase("prepare_dataset", ["--kind", "folder", "--path", root, "--labels", "auto",
+                                         "--index", tmp / "index.json", "--no-progress"],
+                     names, tmp / "index.json", hidden)
+
+
+def _linked_outside(relative: str) -> Callable[[Pipeline, OtherDataSet, Path], StageCase]:
+    """The folder's file ``relative`` replaced by a link to a file outside that is no data at all."""
+    def make(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+        root = _folder_copy(p, tmp)
+        link, outside = root / relative, tmp / "outside" / Path(relative).name
+        outside.parent.mkdir()
+        outside.write_text(f"{SECRET}\n")
+        link.unlink()
+        link.symlink_to(outside)
+        return _prepare_folder(root, tmp, [str(link), "follow_symlinks_outside"], hidden=(SECRET,))
+    return make
+
+
+def _encoded(relative: str, encoding: str, names: list[str], extra: str = "") -> Callable[..., StageCase]:
+    """The folder's text file ``relative`` (with ``extra`` appended) saved in ``encoding``; ``names``
+    may use {path} and {line}, the line of ``extra``."""
+    def make(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+        root = _folder_copy(p, tmp)
+        path = root / relative
+        text = path.read_text(encoding="utf-8")
+        path.write_bytes((text + extra).encode(encoding))
+        line = text.count("\n") + 1
+        return _prepare_folder(root, tmp, [n.format(path=path, line=line) for n in names])
+    return make
+
+
+def _case_id_with_zero_width_space(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    root = _folder_copy(p, tmp)
+    path = _list_file(root, "val")
+    first, second = path.read_text().split()[:2]
+    path.write_text(f"{first}\n{second}\u200b\n", encoding="utf-8")  # looks like the file that is there
+    return _prepare_folder(root, tmp, [f"{path}, line 2", repr(f"{second}\u200b"), "U+200B ZERO WIDTH SPACE"])
+
+
 def _case_cuda_without_gpu(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present, so device cuda is valid here")
@@ -514,6 +617,19 @@ STAGE_CASES = [
     pytest.param(_case_unknown_split, id="config:split_not_in_index"),
     pytest.param(_case_threshold_range_reversed, id="config:threshold_start_above_stop"),
     pytest.param(_case_folder_does_not_exist, id="config:folder_path_does_not_exist"),
+    pytest.param(_linked_outside("ImageSets/Segmentation/train.txt"), id="prepare_dataset:split_list_linked_outside"),
+    pytest.param(_linked_outside("image_labels.json"), id="prepare_dataset:image_labels_linked_outside"),
+    pytest.param(_linked_outside("classes.txt"), id="prepare_dataset:class_list_linked_outside"),
+    pytest.param(_encoded("ImageSets/Segmentation/train.txt", "utf-16", ["{path}: the split list is UTF-16 LE",
+                                                                         "save it as UTF-8"]),
+                 id="prepare_dataset:split_list_in_utf16"),
+    pytest.param(_encoded("ImageSets/Segmentation/train.txt", "latin-1",
+                          ["{path}: line {line} of the split list is not UTF-8 (byte 0xE4", "save it as UTF-8"],
+                          extra="bäume\n"), id="prepare_dataset:split_list_in_latin1"),
+    pytest.param(_encoded("image_labels.json", "utf-16-le", ["{path}: the image label file is UTF-16 or UTF-32 "
+                                                             "without a byte-order mark"]),
+                 id="prepare_dataset:image_labels_in_utf16_without_byte_order_mark"),
+    pytest.param(_case_id_with_zero_width_space, id="prepare_dataset:id_with_zero_width_space"),
     pytest.param(_case_cuda_without_gpu, id="config:device_cuda_without_gpu"),
 ]
 
@@ -525,7 +641,47 @@ def test_stage_refuses_bad_input_naming_it(pipeline: Pipeline, other: OtherDataS
     message = stage_error(spec.stage, spec.argv)
     for name in spec.names:
         assert name in message, f"stages.{spec.stage}: {name!r} not in the error:\n{message}"
+    for text in spec.hidden:
+        assert text not in message, f"stages.{spec.stage}: the error shows {text!r}:\n{message}"
     assert not spec.output.exists(), f"stages.{spec.stage} failed but left {spec.output}"
+
+
+@pytest.mark.parametrize("size", BOMB_SIZES.values(), ids=BOMB_SIZES.keys())
+def test_bomb_png_is_a_tiny_png_declaring_its_size(tmp_path: Path, monkeypatch, size: tuple[int, int]) -> None:
+    """The crafted bomb is what it claims: a PNG of that size to PIL when the limit is lifted."""
+    bomb_png(tmp_path / "bomb.png", *size)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with Image.open(tmp_path / "bomb.png") as im:
+        assert im.format == "PNG" and im.size == size and im.mode == "L"
+    assert (tmp_path / "bomb.png").stat().st_size < 200
+
+
+@pytest.mark.parametrize("size", BOMB_SIZES.values(), ids=BOMB_SIZES.keys())
+@pytest.mark.parametrize("read", [load_rgb, read_label, image_size], ids=["image", "label_png", "image_size"])
+def test_decompression_bomb_is_bad_input_naming_the_file_wherever_opened(tmp_path: Path, read: Callable,
+                                                                         size: tuple[int, int]) -> None:
+    path = tmp_path / "bomb.png"
+    bomb_png(path, *size)
+    with pytest.raises(errors.InputError) as info:
+        read(path)
+    assert str(info.value).startswith(f"{path}: declared size {BOMB_PROBLEM} (Image size ({size[0] * size[1]} "
+                                      f"pixels) exceeds limit")
+
+
+def test_unreadable_masks_are_left_unlabelled_for_check_dataset(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Labels from masks: a mask that is a bomb or truncated gives its id no label (the stage goes
+    on), and check_dataset reports both files, so skip can drop them."""
+    root = _folder_copy(pipeline, tmp_path)
+    bomb, cut, *rest = _list_file(root, "train").read_text().split()
+    bomb_png(_mask(root, bomb), *BOMB_SIZES["beyond_twice_the_limit"])
+    _truncate(_mask(root, cut))
+    stage_main("prepare_dataset", ["--kind", "folder", "--path", root, "--labels", "masks",
+                                   "--index", tmp_path / "index.json", "--no-progress"])
+    index = DatasetIndex.load(tmp_path / "index.json")
+    assert bomb not in index.labels and cut not in index.labels and all(i in index.labels for i in rest)
+    files = {p.file: p.problem for p in check_index(index) if p.file}
+    assert BOMB_PROBLEM in files[str(_mask(root, bomb))]
+    assert "cannot read mask" in files[str(_mask(root, cut))]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,6 +190,22 @@ def test_bad_inputs_are_refused_naming_the_file(coco: Path, tmp_path: Path, brea
         prepare(coco, tmp_path / "out")
 
 
+@pytest.mark.parametrize("linked", ["annotations/instances_val2014.json", "train2014"])
+def test_files_linked_from_outside_the_folder_need_the_option(coco: Path, tmp_path: Path, linked: str) -> None:
+    """An instances JSON or an image folder that is a symbolic link out of the COCO folder is refused,
+    naming it, unless follow_symlinks_outside: the data set must not make the pipeline read elsewhere."""
+    link, outside = coco / linked, tmp_path / "elsewhere" / Path(linked).name
+    outside.parent.mkdir()
+    link.rename(outside)
+    link.symlink_to(outside)
+    with pytest.raises(InputError, match=r"dataset\.coco\.follow_symlinks_outside") as info:
+        prepare(coco, tmp_path / "out")
+    assert str(info.value).startswith(f"{link}")
+    index = prepare_coco(tmp_path / "out", coco, tmp_path / "downloads", {}, 0, progress=False,
+                         follow_symlinks_outside=True)
+    assert index.splits["val"] == list(VAL) and len(index.splits["train_aug"]) == 2
+
+
 def test_archives_already_downloaded_need_no_network(coco: Path, tmp_path: Path) -> None:
     downloads = tmp_path / "downloads"
     downloads.mkdir()

@@ -2,8 +2,10 @@
 
 The same id rule (``stages.io.ids``) is tried at every place an id becomes a path: an
 ``ImageSets`` list file, a hand-edited index JSON (under both check policies) and the label PNG
-writer. Symbolic links from a data folder to files outside it are refused at indexing unless
-``--follow-symlinks-outside`` (``dataset.folder.follow_symlinks_outside``) allows them.
+writer; invisible characters (zero-width, direction marks, odd spaces) are refused like path
+separators. Symbolic links from a data folder to files outside it, for every file the folder is
+read through (lists, classes.txt, image_labels.json, images, masks, scribbles), are refused at
+indexing unless ``--follow-symlinks-outside`` (``dataset.folder.follow_symlinks_outside``) allows them.
 """
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ HOSTILE = {
     "newline": "x\ny",
     "carriage_return": "x\ry",
     "empty": "",
+    "zero_width_space": "x\u200by",
+    "right_to_left_override": "x\u202ey",
+    "byte_order_mark": "x\ufeffy",
+    "no_break_space": "x\u00a0y",
+    "line_separator": "x\u2028y",
 }
 # A list file is split at line feeds, and blank lines are skipped, so these two never reach
 # the id check from a list file (see test_list_file_lines_are_split_at_line_feeds_only).
@@ -141,20 +148,25 @@ def _first_train_id(root: Path) -> str:
 
 
 def _link_out(root: Path, kind: str) -> Path:
-    """Move one file of ``kind`` (image, mask, scribble, images folder) outside ``root`` and leave a
-    symbolic link in its place; return the link."""
+    """Move one file of ``kind`` (image, mask, scribble, images folder, list file, list folder, class
+    list, image labels) outside ``root`` and leave a symbolic link in its place; return the link."""
     image_id = _first_train_id(root)
     path = {"image": root / "JPEGImages" / f"{image_id}.jpg",
             "mask": root / "SegmentationClass" / f"{image_id}.png",
             "scribble": root / "Scribbles" / f"{image_id}.png",
-            "image_folder": root / "JPEGImages"}[kind]
+            "image_folder": root / "JPEGImages",
+            "split_list": _list_file(root, "val"),
+            "split_list_folder": root / "ImageSets",
+            "class_list": root / "classes.txt",
+            "image_labels": root / "image_labels.json"}[kind]
     target = root.parent.parent / "outside" / path.name
     shutil.move(path, target)
     path.symlink_to(target, target_is_directory=target.is_dir())
     return path
 
 
-@pytest.mark.parametrize("kind", ["image", "mask", "scribble", "image_folder"])
+@pytest.mark.parametrize("kind", ["image", "mask", "scribble", "image_folder", "split_list", "split_list_folder",
+                                  "class_list", "image_labels"])
 def test_link_outside_is_refused_unless_allowed(folder: Path, tmp_path: Path, kind: str) -> None:
     link = _link_out(folder, kind)
     with pytest.raises(ValueError) as info:

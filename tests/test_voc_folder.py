@@ -14,6 +14,7 @@ from PIL import Image
 
 from stages import prepare_dataset
 from stages.data.checks import check_index
+from stages.data.data_folder import DataFolder
 from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribbles import render_scribblesup_xml
 from stages.data.toy import generate_toy
@@ -97,11 +98,12 @@ def _expected_labels() -> dict[str, list[int]]:
 
 def test_xml_labels_ignore_parts_and_keep_difficult_objects(tmp_path: Path) -> None:
     voc = _make_voc2012(tmp_path / "VOC2012", with_aug=False)
-    labels = labels_from_xml(voc / "Annotations", list(VOC_CLASSES), list(FAKE_IDS) + ["no_xml"])
+    folder = DataFolder(voc, "dataset.folder")
+    labels = labels_from_xml(folder, voc / "Annotations", list(VOC_CLASSES), list(FAKE_IDS) + ["no_xml"])
     assert labels == _expected_labels()
     (voc / "Annotations" / "2008_000001.xml").write_text(_annotation("2008_000001", ["unicorn"]))
     with pytest.raises(ValueError, match=r"2008_000001\.xml.*unicorn"):
-        labels_from_xml(voc / "Annotations", list(VOC_CLASSES), ["2008_000001"])
+        labels_from_xml(folder, voc / "Annotations", list(VOC_CLASSES), ["2008_000001"])
 
 
 def test_devkit_is_read_in_place_without_network(tmp_path: Path) -> None:
@@ -132,12 +134,25 @@ def test_devkit_with_aug_masks_linked_from_elsewhere_needs_the_option(tmp_path: 
     (devkit / "SegmentationClassAug").rename(aug)
     (devkit / "SegmentationClassAug").symlink_to(aug, target_is_directory=True)
     (aug / "._2008_000001.png").write_bytes(b"AppleDouble junk")
-    with pytest.raises(ValueError, match=r"SegmentationClassAug.*follow_symlinks_outside"):
+    with pytest.raises(ValueError, match=r"SegmentationClassAug.*dataset\.voc\.follow_symlinks_outside"):
         prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False)
     index = prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False,
                         follow_symlinks_outside=True)
     assert index.splits["train_aug"] == ["2008_000001", "2008_000002", "2008_000003"]
     assert check_index(index) == []
+
+
+def test_annotation_xml_linked_from_elsewhere_needs_the_option(tmp_path: Path) -> None:
+    devkit = _make_voc2012(tmp_path / "VOC2012", with_aug=False)
+    xml = devkit / "Annotations" / "2008_000002.xml"
+    outside = tmp_path / "elsewhere.xml"
+    xml.rename(outside)
+    xml.symlink_to(outside)
+    with pytest.raises(ValueError, match=rf"{xml}.*dataset\.voc\.follow_symlinks_outside"):
+        prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False)
+    index = prepare_voc(tmp_path / "r", tmp_path / "dl", {}, 0, devkit=devkit, progress=False,
+                        follow_symlinks_outside=True)
+    assert index.labels["2008_000002"] == _expected_labels()["2008_000002"]
 
 
 def test_devkit_without_aug_uses_train_as_train_aug(tmp_path: Path) -> None:

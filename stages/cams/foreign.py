@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from stages.data.index import DatasetIndex
 from stages.data.transforms import resize
 from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.cam_store import CamEntry, CamWriter
 from stages.io.ids import check_id
+from stages.io.image_files import open_image
 from stages.io.restricted_pickle import load_pickled_npy
 
 FORMATS = ("irn", "seam", "png", "array")
@@ -150,7 +150,7 @@ class PngReader(ForeignReader):
 
 def _read_png(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode != "L":
                 raise InputError(f"{path}: CAM PNGs are 8-bit grayscale (mode L), this one is mode {im.mode}")
             return np.asarray(im, dtype=np.float32) / 255.0
@@ -224,7 +224,7 @@ class MapSettings:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the image file's header; its pixels are not decoded."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.height, im.width
     except OSError as exc:
         raise InputError(f"{path}: cannot read the image's size ({exc})") from exc

@@ -5,7 +5,10 @@ one pass: each listed image must decode (grayscale and CMYK JPEGs are fine), eac
 exist, match its image's size and hold only 0..C-1 or 255, each listed image needs at least one
 foreground class in its image-level label, and a split must be non-empty and list an id once.
 Scribble files that exist are checked like masks; a missing scribble is not a problem, since
-only scribble-supervised variants read them.
+only scribble-supervised variants read them. An image or mask declaring a size beyond PIL's
+decompression-bomb limit is a problem of its own (``stages.io.image_files``), found from its
+header; a missing file whose name is there in another Unicode normalization (NFD on disk, NFC in
+the list) is reported with that name.
 
 Rows have a severity: ``error`` rows stop the check (policy stop) or drop the image (skip);
 ``warning`` rows only inform. The one warning so far is an EXIF orientation tag: pixels are used
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ import numpy as np
 
 from stages.data.images import ORIENTATIONS, TRANSPOSING, exif_orientation, load_rgb
 from stages.data.index import DatasetIndex
+from stages.errors import InputError
 from stages.io.atomic import atomic_path
 from stages.io.label_png import IGNORE, read_label
 from stages.runtime.progress import progress_bar
@@ -49,17 +54,39 @@ def orientation_note(orientation: int) -> str:
             f"the rotated view")
 
 
+class _MissingFiles:
+    """Says why a file looks present but is missing: a name beside it that differs only in its
+    Unicode normalization (``bäume`` with one code point for ``ä`` in the list, two on disk, as
+    macOS writes names). Each folder is listed once, on its first missing file."""
+
+    def __init__(self) -> None:
+        self.by_nfc: dict[Path, dict[str, str]] = {}
+
+    def problem(self, path: Path, what: str) -> str:
+        folder = path.parent
+        if folder not in self.by_nfc:
+            names = os.listdir(folder) if folder.is_dir() else []
+            self.by_nfc[folder] = {unicodedata.normalize("NFC", name): name for name in names}
+        twin = self.by_nfc[folder].get(unicodedata.normalize("NFC", path.name))
+        if twin is None or twin == path.name:
+            return f"{what} missing"
+        return (f"{what} missing, but {twin!r} is there: the same name with its accents encoded otherwise "
+                f"(Unicode NFC vs NFD); write the id and the file name alike")
+
+
 def _label_map_problem(path: Path, image_hw: tuple[int, int] | None, num_classes: int,
-                       what: str, orientation: int = 1) -> str | None:
+                       what: str, missing: _MissingFiles, orientation: int = 1) -> str | None:
     """What is wrong with a mask or scribble file, or None.
 
     A size that is the image's transposed, on an image whose EXIF tag makes viewers show it
     transposed, is almost surely a mask drawn on the rotated view: the message says so.
     """
     if not path.exists():
-        return f"{what} missing"
+        return missing.problem(path, what)
     try:
         label = read_label(path)
+    except InputError as exc:  # a decompression bomb, a wrong mode: the file has its own column
+        return str(exc).removeprefix(f"{path}: ")
     except (OSError, SyntaxError, ValueError) as exc:
         return f"cannot read {what} ({exc})"
     if image_hw is not None and label.shape != image_hw:
@@ -90,12 +117,13 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
             splits_of[image_id].append(split)
 
     checked_masks: set[str] = set()
+    missing = _MissingFiles()
     for image_id, splits in progress_bar(splits_of.items(), desc="checking images", disable=not progress):
         where = " ".join(splits)
         image_path = index.image_path(image_id)
         image_hw, orientation = None, 1
         if not image_path.exists():
-            problems.append(Problem(image_id, where, str(image_path), "image missing"))
+            problems.append(Problem(image_id, where, str(image_path), missing.problem(image_path, "image")))
         else:
             try:
                 image_hw = load_rgb(image_path).shape[:2]
@@ -113,12 +141,12 @@ def check_index(index: DatasetIndex, progress: bool = False) -> list[Problem]:
                 continue
             checked_masks.add(str(mask_path))
             users = " ".join(s for s in splits if index.mask_path(image_id, s) == mask_path)
-            issue = _label_map_problem(mask_path, image_hw, index.num_classes, "mask", orientation)
+            issue = _label_map_problem(mask_path, image_hw, index.num_classes, "mask", missing, orientation)
             if issue:
                 problems.append(Problem(image_id, users, str(mask_path), issue))
         if index.scribble_dir is not None and index.scribble_path(image_id).exists():
             issue = _label_map_problem(index.scribble_path(image_id), image_hw, index.num_classes, "scribble",
-                                       orientation)
+                                       missing, orientation)
             if issue:
                 problems.append(Problem(image_id, where, str(index.scribble_path(image_id)), issue))
         label = index.labels.get(image_id)

@@ -17,6 +17,10 @@ is its first ``max_train`` ids (all by default); val2014 is ``val``. Ids are tak
 and ``max_*`` keep the first N, for a first look at a fraction of the data. An image with no
 annotated pixel is left out: it has no image-level label to learn from (check_dataset would stop
 on it). Image-level labels are the classes present in the mask, so labels and masks always agree.
+
+The instances JSONs and the images are files of the COCO folder: one that is a symbolic link
+leading outside it is refused unless ``dataset.coco.follow_symlinks_outside``
+(``stages.data.data_folder``), as for the other kinds.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from stages.data.coco_masks import instance_mask, semantic_mask
+from stages.data.data_folder import DataFolder
 from stages.data.download import fetch_and_extract
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, MissingInputError
@@ -39,6 +44,7 @@ SPLITS = {"train_aug": "train2014", "val": "val2014"}  # index split -> COCO fol
 # archive name -> the folder it unpacks to, which the COCO folder holds under the same name
 ARCHIVE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "annotations_trainval2014": "annotations"}
 IMAGE_DIR, MASK_DIR = "JPEGImages", "SegmentationClass"
+SETTING = "dataset.coco"  # the config section, named when a link leads outside the COCO folder
 
 
 def _field(entry: Any, key: str, kind: type, where: str) -> Any:
@@ -49,14 +55,14 @@ def _field(entry: Any, key: str, kind: type, where: str) -> Any:
     return entry[key]
 
 
-def load_instances(path: Path) -> dict:
-    """An instances JSON, with its three lists present."""
+def load_instances(coco: DataFolder, path: Path) -> dict:
+    """An instances JSON of the COCO folder ``coco``, with its three lists present."""
     if not path.is_file():
         raise MissingInputError(f"{path}: instances JSON missing (a COCO folder holds annotations/"
                                 f"instances_{{train,val}}2014.json)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(coco.read_text(path, "instances JSON"))
+    except json.JSONDecodeError as exc:
         raise InputError(f"{path}: cannot read the instances JSON ({exc})") from exc
     for key in ("images", "annotations", "categories"):
         _field(data, key, list, str(path))
@@ -134,10 +140,11 @@ def _images_by_id(data: dict, path: Path) -> dict[str, dict]:
     return out
 
 
-def index_split(images_dir: Path, instances: Path, out_root: Path, limit: int | None,
+def index_split(coco: DataFolder, images_dir: Path, instances: Path, out_root: Path, limit: int | None,
                 progress: bool = False) -> tuple[list[str], list[str], dict[str, list[int]]]:
-    """(class names, ids, labels) of one COCO split: masks written, images linked under ``out_root``."""
-    data = load_instances(instances)
+    """(class names, ids, labels) of one COCO split of the folder ``coco``: masks written, images
+    linked under ``out_root``."""
+    data = load_instances(coco, instances)
     found = categories(data, instances)
     class_of = {category: i for i, (category, _) in enumerate(found, 1)}
     by_image = _annotations_by_image(data, instances)
@@ -146,6 +153,7 @@ def index_split(images_dir: Path, instances: Path, out_root: Path, limit: int | 
     json_time = instances.stat().st_mtime
     ids, labels = [], {}
     candidates = [i for i in sorted(images) if images[i]["id"] in by_image]
+    coco.refuse_outside(images_dir / images[i]["file_name"] for i in candidates)
     for image_id in progress_bar(candidates, desc=images_dir.name, disable=not progress):
         if limit is not None and len(ids) == limit:
             break
@@ -193,8 +201,9 @@ def download_coco(root: Path, download_dir: str | os.PathLike, archives: Mapping
 def prepare_coco(root: str | os.PathLike, folder: str | os.PathLike | None, download_dir: str | os.PathLike,
                  archives: Mapping[str, Mapping[str, str | None]], retries: int,
                  max_train_aug: int | None = None, max_train: int | None = None, max_val: int | None = None,
-                 progress: bool = True) -> DatasetIndex:
-    """The COCO 2014 index under ``root``, from ``folder`` in place or, without one, downloaded."""
+                 progress: bool = True, follow_symlinks_outside: bool = False) -> DatasetIndex:
+    """The COCO 2014 index under ``root``, from ``folder`` in place or, without one, downloaded;
+    files of the folder leading outside it refused unless ``follow_symlinks_outside``."""
     caps = {"max_train_aug": max_train_aug, "max_train": max_train, "max_val": max_val}
     if any(n is not None and n < 1 for n in caps.values()):
         raise InputError(f"image caps must be at least 1 (or none), got {caps}")
@@ -204,9 +213,11 @@ def prepare_coco(root: str | os.PathLike, folder: str | os.PathLike | None, down
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise MissingInputError(f"{folder}: the COCO folder is not a directory")
+    coco = DataFolder(folder, SETTING, follow_symlinks_outside)
     limits = {"train_aug": max_train_aug, "val": max_val}
     (classes, train_ids, train_labels), (val_classes, val_ids, val_labels) = (
-        index_split(folder / name, folder / "annotations" / f"instances_{name}.json", root, limits[split], progress)
+        index_split(coco, folder / name, folder / "annotations" / f"instances_{name}.json", root, limits[split],
+                    progress)
         for split, name in SPLITS.items())
     if classes != val_classes:
         raise InputError(f"{folder / 'annotations'}: the train2014 and val2014 instances JSONs list different "

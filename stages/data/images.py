@@ -12,9 +12,9 @@ import os
 import struct
 
 import numpy as np
-from PIL import Image
 
 from stages.errors import InputError
+from stages.io.image_files import open_image
 
 ORIENTATION_TAG = 0x0112
 # what a viewer does to show an image with this EXIF orientation; 1 (or none) leaves it as stored
@@ -25,9 +25,10 @@ TRANSPOSING = (5, 6, 7, 8)  # the orientations a viewer shows with width and hei
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """The stored pixels as RGB, never turned by an EXIF orientation tag (see the module doc)."""
+    """The stored pixels as RGB, never turned by an EXIF orientation tag (see the module doc); a
+    decompression bomb (``stages.io.image_files``) or an unreadable file is an InputError naming it."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (OSError, SyntaxError) as exc:
@@ -37,7 +38,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 def exif_orientation(path: str | os.PathLike) -> int:
     """The EXIF orientation tag of an image, 1 when it has none (or an invalid one)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             value = im.getexif().get(ORIENTATION_TAG, 1)
     except (OSError, SyntaxError, ValueError, struct.error):  # a broken EXIF block is no tag
         return 1

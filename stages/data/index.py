@@ -16,6 +16,7 @@ from pathlib import Path
 from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.atomic import write_text
 from stages.io.ids import check_id
+from stages.io.text import read_utf8
 
 FORMAT_VERSION = 1
 
@@ -100,8 +101,8 @@ class DatasetIndex:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetIndex":
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(read_utf8(path, "data set index"))
+        except json.JSONDecodeError as exc:
             raise InputError(f"{path}: cannot read the data set index ({exc})") from exc
         if data.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{path}: index format {data.get('format_version')} != {FORMAT_VERSION}")

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from stages.data.index import DatasetIndex
 from stages.data.scribbles import synthesize_scribbles
 from stages.errors import InputError, MissingInputError
 from stages.io.atomic import atomic_dir
+from stages.io.image_files import open_image
 from stages.io.label_png import IGNORE, label_path, read_label, write_label
 
 SOURCES = ("dataset", "synthetic", "pseudo")
@@ -108,5 +108,5 @@ def write_scribble_source(index: DatasetIndex, split: str, source: str, out_dir:
 
 
 def _image_hw(index: DatasetIndex, image_id: str) -> tuple[int, int]:
-    with Image.open(index.image_path(image_id)) as im:
+    with open_image(index.image_path(image_id)) as im:
         return im.height, im.width

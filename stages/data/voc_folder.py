@@ -18,9 +18,10 @@ folder:
   written to, so ScribbleSup XML is rendered only for a VOC tree this module extracted itself;
 - ids are plain file names (``stages.io.ids``): a list line such as ``../../outside/x`` is
   refused, naming the list file and line, since the id is joined to the folder's paths;
-- an image, mask or scribble that is a symbolic link leading outside the folder is refused
-  unless ``follow_symlinks_outside`` (``dataset.folder.follow_symlinks_outside``): a data set
-  from elsewhere must not make the pipeline read (and copy into results) files it never showed.
+- every file read from the folder (lists, ``classes.txt``, ``image_labels.json``, XML, images,
+  masks, scribbles) that is a symbolic link leading outside it is refused unless
+  ``follow_symlinks_outside`` (``dataset.folder`` or ``dataset.voc``): ``stages.data.data_folder``.
+  Text files must be UTF-8 (``stages.io.text``).
 """
 from __future__ import annotations
 
@@ -28,18 +29,18 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections import defaultdict
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
-from PIL import Image
 
+from stages.data.data_folder import DataFolder
 from stages.data.download import archive_filename, fetch, safe_extract
 from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribbles import render_scribblesup_xml
 from stages.errors import InputError
 from stages.io.ids import check_id
+from stages.io.image_files import open_image
 from stages.io.label_png import label_path, read_label, write_label
 from stages.runtime.progress import progress_bar
 
@@ -47,31 +48,31 @@ LABEL_SOURCES = ("auto", "json", "xml", "masks")
 AUG_DIR = "SegmentationClassAug"
 SCRIBBLE_DIR = "Scribbles"
 VOC_ARCHIVES = ("voc2012_trainval", "segmentation_class_aug", "scribbles")
+VOC_SETTING = "dataset.voc"  # the config section of --kind voc, named when a link leads out
 
 
-def _first_words(path: Path) -> list[tuple[int, str]]:
+def _first_words(text: str) -> list[tuple[int, str]]:
     """(line number, first word) of every line that is not blank.
 
     Lines end at line feeds only and words at spaces and tabs only: any other control character
     (a lone carriage return, a vertical tab) stays inside the word, where the id check sees it,
-    instead of silently splitting one line into two ids. A byte-order mark is dropped.
+    instead of silently splitting one line into two ids.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().split("\n")
-    words = [(n, re.split(r"[ \t]+", line.strip(" \t\r"))[0]) for n, line in enumerate(lines, 1)]
+    words = [(n, re.split(r"[ \t]+", line.strip(" \t\r"))[0]) for n, line in enumerate(text.split("\n"), 1)]
     return [(n, word) for n, word in words if word]
 
 
-def read_id_list(path: Path) -> list[str]:
+def read_id_list(folder: DataFolder, path: Path) -> list[str]:
     """Ids of one ImageSets list: first word of every non-blank line, each a plain file name."""
-    return [check_id(word, f"{path}, line {n}") for n, word in _first_words(path)]
+    words = _first_words(folder.read_text(path, "split list"))
+    return [check_id(word, f"{path}, line {n}") for n, word in words]
 
 
-def read_classes(root: Path) -> list[str]:
-    path = root / "classes.txt"
+def read_classes(folder: DataFolder) -> list[str]:
+    path = folder.root / "classes.txt"
     if not path.exists():
         return list(VOC_CLASSES)
-    names = [word for _, word in _first_words(path)]
+    names = [word for _, word in _first_words(folder.read_text(path, "class list"))]
     if len(names) < 2 or len(set(names)) != len(names):
         raise InputError(f"{path}: need background plus at least one class, all names distinct")
     return names
@@ -88,11 +89,11 @@ def _foreground_indices(names: list[str], classes: list[str], source: Path, imag
     return sorted(out)
 
 
-def labels_from_json(path: Path, classes: list[str], ids: list[str]) -> dict[str, list[int]]:
+def labels_from_json(folder: DataFolder, path: Path, classes: list[str], ids: list[str]) -> dict[str, list[int]]:
     """``image_labels.json``: id -> list of foreground class names."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(folder.read_text(path, "image label file"))
+    except json.JSONDecodeError as exc:
         raise InputError(f"{path}: cannot read image labels ({exc})") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected an object mapping image id -> list of class names, "
@@ -105,9 +106,10 @@ def labels_from_json(path: Path, classes: list[str], ids: list[str]) -> dict[str
     return {i: _foreground_indices(data[i], classes, path, i) for i in ids if i in data}
 
 
-def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
+def labels_from_xml(folder: DataFolder, annotations: Path, classes: list[str], ids: list[str],
                     progress: bool = False) -> dict[str, list[int]]:
     """VOC XML: the names of the top-level ``object`` elements (parts are not objects)."""
+    folder.refuse_outside(annotations / f"{i}.xml" for i in ids)
     out = {}
     for i in progress_bar(ids, desc="labels from XML", disable=not progress):
         path = annotations / f"{i}.xml"
@@ -115,7 +117,7 @@ def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
             continue
         try:
             root = ET.parse(path).getroot()
-        except ET.ParseError as exc:
+        except (OSError, ET.ParseError) as exc:
             raise InputError(f"{path}: cannot parse annotation XML ({exc})") from exc
         names = [(obj.findtext("name") or "").strip() for obj in root.findall("object")]
         out[i] = _foreground_indices(names, classes, path, i)
@@ -123,7 +125,8 @@ def labels_from_xml(annotations: Path, classes: list[str], ids: list[str],
 
 
 def labels_from_masks(index: DatasetIndex, progress: bool = False) -> dict[str, list[int]]:
-    """Classes present in each id's mask (its first split's mask folder)."""
+    """Classes present in each id's mask (its first split's mask folder). An id whose mask is
+    missing or unreadable gets no label: check_dataset reports both, so ``skip`` can drop it."""
     out = {}
     seen: set[str] = set()
     jobs = [(i, split) for split, ids in index.splits.items() for i in ids]
@@ -134,14 +137,19 @@ def labels_from_masks(index: DatasetIndex, progress: bool = False) -> dict[str, 
         path = index.mask_path(i, split)
         if not path.exists():
             continue
-        present = np.flatnonzero(np.bincount(read_label(path).ravel(), minlength=256))
+        try:
+            label = read_label(path)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
         out[i] = [int(c) for c in present if 0 < c < index.num_classes]
     return out
 
 
-def _read_splits(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+def _read_splits(folder: DataFolder) -> tuple[dict[str, list[str]], dict[str, str]]:
+    root = folder.root
     lists = root / "ImageSets" / "Segmentation"
-    splits = {p.stem: read_id_list(p) for p in sorted(lists.glob("*.txt"))}
+    splits = {p.stem: read_id_list(folder, p) for p in sorted(lists.glob("*.txt"))}
     for needed in ("train", "val"):
         if needed not in splits:
             raise InputError(f"{lists}: no {needed}.txt (found {sorted(splits) or 'no lists'})")
@@ -159,73 +167,44 @@ def _read_splits(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     return ordered | splits, mask_dirs
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(root)
-
-
-def links_outside(index: DatasetIndex) -> list[Path]:
-    """The image, mask and scribble paths of ``index`` that resolve outside its root: symbolic
-    links, or files in a folder that is one. Only files the index names are looked at, in one
-    directory listing per folder, so a large data set costs no stat per file."""
-    root = Path(os.path.realpath(index.root))
-    wanted: dict[Path, set[str]] = defaultdict(set)
+def index_files(index: DatasetIndex) -> Iterator[Path]:
+    """Every image, mask and scribble path ``index`` names."""
     for split, ids in index.splits.items():
         for image_id in ids:
-            paths = [index.image_path(image_id), index.mask_path(image_id, split)]
+            yield index.image_path(image_id)
+            yield index.mask_path(image_id, split)
             if index.scribble_dir is not None:
-                paths.append(index.scribble_path(image_id))
-            for p in paths:
-                wanted[p.parent].add(p.name)
-    outside = []
-    for folder, names in wanted.items():
-        if not folder.is_dir():
-            continue
-        if not _inside(folder, root):
-            outside.append(folder)
-            continue
-        with os.scandir(folder) as entries:
-            links = [entry.name for entry in entries if entry.name in names and entry.is_symlink()]
-        outside += [folder / name for name in links if not _inside(folder / name, root)]
-    return sorted(outside)
-
-
-def refuse_links_outside(index: DatasetIndex) -> None:
-    """ValueError naming the files of ``index`` that lead outside its folder, if any."""
-    outside = links_outside(index)
-    if outside:
-        shown = "; ".join(f"{p} -> {os.path.realpath(p)}" for p in outside[:5])
-        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
-        raise InputError(f"{index.root}: {len(outside)} image/mask/scribble path(s) lead outside the data "
-                         f"folder through a symbolic link: {shown}{more}. If that is intended, set "
-                         f"dataset.folder.follow_symlinks_outside: true (--follow-symlinks-outside)")
+                yield index.scribble_path(image_id)
 
 
 def read_voc_folder(path: str | os.PathLike, labels: str, name: str | None = None,
-                    progress: bool = False, follow_symlinks_outside: bool = False) -> DatasetIndex:
-    """Index a VOC-layout folder in place (symbolic links leading out refused unless allowed)."""
+                    progress: bool = False, follow_symlinks_outside: bool = False,
+                    setting: str = "dataset.folder") -> DatasetIndex:
+    """Index a VOC-layout folder in place (symbolic links leading out refused unless allowed by
+    ``follow_symlinks_outside``, the option of the config section ``setting``)."""
     if labels not in LABEL_SOURCES:
         raise InputError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
     root = Path(path).resolve()
     if not (root / "JPEGImages").is_dir():
         raise InputError(f"{root}: not a VOC-layout folder (no JPEGImages/)")
-    classes = read_classes(root)
-    splits, mask_dirs = _read_splits(root)
+    folder = DataFolder(root, setting, follow_symlinks_outside)
+    classes = read_classes(folder)
+    splits, mask_dirs = _read_splits(folder)
     scribbles = root / SCRIBBLE_DIR
     index = DatasetIndex(name=name or root.name, root=root, classes=classes, splits=splits, labels={},
                          mask_dirs=mask_dirs,
                          scribble_dir=SCRIBBLE_DIR if scribbles.is_dir() else None)
-    if not follow_symlinks_outside:
-        refuse_links_outside(index)
+    folder.refuse_outside(index_files(index))
     ids = sorted({i for split_ids in splits.values() for i in split_ids})
     json_path, annotations = root / "image_labels.json", root / "Annotations"
     if labels == "auto":
         labels = "json" if json_path.exists() else "xml" if annotations.is_dir() else "masks"
     if labels == "json":
-        index.labels = labels_from_json(json_path, classes, ids)
+        index.labels = labels_from_json(folder, json_path, classes, ids)
     elif labels == "xml":
         if not annotations.is_dir():
             raise InputError(f"{root}: labels from XML asked for, but there is no Annotations/ folder")
-        index.labels = labels_from_xml(annotations, classes, ids, progress)
+        index.labels = labels_from_xml(folder, annotations, classes, ids, progress)
     else:
         index.labels = labels_from_masks(index, progress)
     return index
@@ -243,19 +222,24 @@ def _scribble_xml_dir(extracted: Path) -> Path:
                      f"(XML in {[str(f) for f in folders] or 'no folder'})")
 
 
-def render_scribble_folder(xml_dir: Path, voc_root: Path, classes: list[str],
+def render_scribble_folder(xml_source: DataFolder, xml_dir: Path, voc: DataFolder, classes: list[str],
                            progress: bool = False) -> Path:
-    """Render every scribble XML whose image exists into ``voc_root/Scribbles`` (all or nothing)."""
+    """Render every scribble XML (in ``xml_dir``, a folder of ``xml_source``) whose image exists into
+    ``voc.root/Scribbles`` (all or nothing)."""
+    voc_root = voc.root
     final = voc_root / SCRIBBLE_DIR
     if final.exists():
         return final
     partial = voc_root / f".{SCRIBBLE_DIR}.partial"
     class_index = {name: i for i, name in enumerate(classes)}
-    for xml in progress_bar(sorted(xml_dir.glob("*.xml")), desc="scribbles", disable=not progress):
+    xmls = sorted(xml_dir.glob("*.xml"))
+    xml_source.refuse_outside(xmls)
+    voc.refuse_outside(voc_root / "JPEGImages" / f"{xml.stem}.jpg" for xml in xmls)
+    for xml in progress_bar(xmls, desc="scribbles", disable=not progress):
         image = voc_root / "JPEGImages" / f"{xml.stem}.jpg"
         if not image.exists():
             continue
-        with Image.open(image) as im:
+        with open_image(image) as im:
             shape = (im.height, im.width)
         write_label(label_path(partial, xml.stem), render_scribblesup_xml(xml, shape, class_index))
     partial.mkdir(exist_ok=True)
@@ -296,7 +280,7 @@ def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
         if not (voc_root / "JPEGImages").is_dir():
             raise InputError(f"{voc_root}: devkit is not a VOC2012 folder (no JPEGImages/)")
         return read_voc_folder(voc_root, "auto", name="voc", progress=progress,
-                               follow_symlinks_outside=follow_symlinks_outside)
+                               follow_symlinks_outside=follow_symlinks_outside, setting=VOC_SETTING)
     if "voc2012_trainval" not in archives:
         raise InputError("the VOC archives must include 'voc2012_trainval'")
     root = Path(root).resolve()
@@ -309,8 +293,10 @@ def prepare_voc(root: str | os.PathLike, download_dir: str | os.PathLike,
     voc_root = _find_devkit(extracted["voc2012_trainval"])
     if "segmentation_class_aug" in extracted and not (voc_root / AUG_DIR).exists():
         os.replace(_find_aug_dir(extracted["segmentation_class_aug"]), voc_root / AUG_DIR)
-    classes = read_classes(voc_root)
+    voc = DataFolder(voc_root, VOC_SETTING, follow_symlinks_outside)
+    classes = read_classes(voc)
     if "scribbles" in extracted:
-        render_scribble_folder(_scribble_xml_dir(extracted["scribbles"]), voc_root, classes, progress)
+        render_scribble_folder(DataFolder(extracted["scribbles"], VOC_SETTING, follow_symlinks_outside),
+                               _scribble_xml_dir(extracted["scribbles"]), voc, classes, progress)
     return read_voc_folder(voc_root, "auto", name="voc", progress=progress,
-                           follow_symlinks_outside=follow_symlinks_outside)
+                           follow_symlinks_outside=follow_symlinks_outside, setting=VOC_SETTING)

@@ -16,6 +16,7 @@ from PIL import Image
 from stages.errors import InputError
 from stages.io.atomic import atomic_path
 from stages.io.ids import check_id
+from stages.io.image_files import open_image
 
 IGNORE = 255
 
@@ -46,9 +47,10 @@ def label_path(directory: str | os.PathLike, image_id: str) -> Path:
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Read a label PNG as uint8 indices (palette PNGs keep their indices, not colours).
 
-    No EXIF transpose, like every reader here: VOC masks are aligned with the stored pixels.
+    No EXIF transpose, like every reader here: VOC masks are aligned with the stored pixels. A
+    decompression bomb is an InputError naming the file (``stages.io.image_files``).
     """
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in ("P", "L"):
             raise InputError(f"{path}: label PNG must be palette (P) or grayscale (L), got mode {im.mode}")
         return np.array(im, dtype=np.uint8)
