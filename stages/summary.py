@@ -163,12 +163,17 @@ def _bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]], colors:
     ax.set_xticks(range(len(groups)), groups)
 
 
+def scored_rows(table: pd.DataFrame, stages: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``stages`` that hold a score: a rule's timing row may share a stage's name
+    (the pseudo_labels rule's time beside the pseudo labels' mIoU) and has no bar to draw."""
+    return table[table["stage"].isin(stages) & table["miou"].notna()]
+
+
 def plot_variants(table: pd.DataFrame, path: Path) -> None:
     """Two panels, one split each, so no figure of one split is drawn over bars of another:
     left, every variant's segmenter per evaluation mode; right, the CAMs and the pseudo labels
     of every refinement, the field's mIoU beside the mIoU of labelled pixels."""
-    seg = table[table["stage"] == "segmentation"]
-    labels = table[table["stage"].isin(["cam", "pseudo_labels"])]
+    seg, labels = scored_rows(table, ["segmentation"]), scored_rows(table, ["cam", "pseudo_labels"])
     fig = new_figure(figsize=(max(8.0, 1.3 * (len(seg) + len(labels)) + 4), 4.0), layout="constrained")
     ax_seg, ax_labels = fig.subplots(1, 2, width_ratios=[max(1, len(seg)), max(1, len(labels))], sharey=True)
 

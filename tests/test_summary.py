@@ -206,3 +206,16 @@ def test_missing_or_partial_reports_are_tolerated(tmp_path: Path) -> None:
     (tmp_path / "eil" / "rounds.csv").write_text("round,step\n0,0\n")
     with pytest.raises(ValueError, match=r"rounds\.csv: missing column\(s\) precision, coverage"):
         diagnostics.diagnostics_markdown({"eil": tmp_path / "eil"})
+
+
+def test_timing_rows_named_like_a_stage_get_no_bar(inputs) -> None:
+    """The pseudo_labels rule's benchmark is a row of stage pseudo_labels holding seconds only:
+    the plot drew it as an empty bar "pseudo labels none-train_aug"."""
+    bench = inputs["bench"]
+    (bench / "pseudo_labels-none-train_aug.tsv").write_text(BENCHMARK_HEADER + "9.0\t0:00:09\t1\t1\t1\t1\t1\t1\t1\t1\n")
+    d = inputs["dir"]
+    table = summary.summary_table({"cam": d / "best.json"}, {"none": d / "pseudo_none.csv"},
+                                  {"ce": d / "eval_ce.csv"}, bench, cam_split="train", seg_split="val")
+    assert ("pseudo_labels", "none-train_aug") in set(zip(table["stage"], table["name"]))
+    labels = summary.scored_rows(table, ["cam", "pseudo_labels"])
+    assert list(zip(labels["stage"], labels["name"])) == [("cam", "cam"), ("pseudo_labels", "none")]
