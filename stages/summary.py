@@ -136,7 +136,9 @@ def summary_table(cam_best: dict[str, Path], pseudo: dict[str, Path], variants: 
 def summary_markdown(table: pd.DataFrame) -> str:
     """summary.md: the table, then what each of its score columns means."""
     notes = [f"- `{c}`: {NOTES[c]}." for c in table.columns if c in NOTES]
-    return ("# Summary\n\n" + to_markdown(table) + "\nColumns:\n\n" + "\n".join(notes) + "\n")
+    return ("# Summary\n\nEvery image, its CAMs, pseudo labels and predictions: the results browser, "
+            "[results/browse/index.html](../browse/index.html).\n\n"
+            + to_markdown(table) + "\nColumns:\n\n" + "\n".join(notes) + "\n")
 
 
 def _split_of(rows: pd.DataFrame) -> str:
