@@ -1,6 +1,6 @@
 """The codebase's habits, checked as a reviewer would: ruff (errors, warnings, import order) on the
 Python, snakefmt on the rule files, and Snakemake's own linter, whose remaining lints are the two
-the README's Development section explains."""
+docs/development.md explains."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import REPO, TINY_CONFIG, pipeline_env
 
 BIN = Path(sys.executable).parent
-# Lints that stay, each explained in README "Development": a workflow-level `conda:` directive
+# Lints that stay, each explained in docs/development.md: a workflow-level `conda:` directive
 # covers every rule, and `PYTHON + " stages.x ..."` builds a shell command, not a path.
 EXPLAINED_LINTS = {"Specify a conda environment or container for each rule.", "Path composition with '+'"}
 

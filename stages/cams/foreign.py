@@ -1,6 +1,6 @@
 """CAMs that other methods wrote, read into this project's CAM entries, and our CAMs as plain arrays.
 
-Formats (``format`` of an ``imported`` refinement; README "Importing CAMs from other methods"):
+Formats (``format`` of an ``imported`` refinement; docs/importing-cams.md):
 
 - ``irn``: ``<id>.npy`` per image, a dictionary with ``keys`` (the present classes) and
   ``high_res`` (full-resolution maps, K x H x W; preferred) and/or ``cam`` (IRN's strided maps);

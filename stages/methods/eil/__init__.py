@@ -7,7 +7,7 @@ pixels near the labelled ones whose prediction clears its class's threshold, and
 assessor (Q) decides where the new map is adopted; searcher and assessor learn as DDPG from the
 change in a contrastive critic of the feature clustering. The segmenter then trains on the grown
 maps. No public code exists and the paper's Eq. 1-3 are missing: what is reconstructed is said in
-each module (``inference``, ``critic``, ``agent``, ``explore``) and in README "EIL".
+each module (``inference``, ``critic``, ``agent``, ``explore``) and in docs/methods/eil.md.
 
 Modules: ``critic`` (V and the reward), ``inference`` (H and the action spaces), ``agent``
 (searcher, assessor, DDPG), ``explore`` (one round), ``report`` (precision/coverage per round and

@@ -43,7 +43,7 @@ def _on_cpu(state: Any) -> Any:
 
 @dataclass
 class EIL(Method):
-    """Options: see the schema's `eil` block and README "EIL"."""
+    """Options: see the schema's `eil` block and docs/methods/eil.md."""
 
     policy: str = "searcher_assessor"
     action_space: str = "two"

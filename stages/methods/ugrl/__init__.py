@@ -1,6 +1,6 @@
 """``ugrl``: uncertainty-guided reliable learning of the segmenter (AAAI-26), on an AFA-style network.
 
-Per step (see README "### UGRL" for the reconstructed choices):
+Per step (see docs/methods/ugrl.md for the reconstructed choices):
 
 - PUM: class vectors from affinity-propagated CAMs, batch prototypes, EMA global prototypes,
   class uncertainty ``u_c`` (uncertainty.py; the prototypes are method state, all-reduced).
@@ -63,7 +63,7 @@ def resize_nearest(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 @dataclass
 class UGRL(Method):
-    """Options: the switches of the paper's ablation and its hyperparameters (defaults: README)."""
+    """Options: the switches of the paper's ablation and its hyperparameters (defaults: the schema)."""
 
     targets: str = "cached"
     class_uncertainty: bool = True

@@ -6,7 +6,7 @@ images' (unit) vectors; the global prototype follows it by EMA, ``P <- eta P + (
 class uncertainty is ``u_c = 1 - cos(H_c, P_c)`` against the prototype before this batch's update.
 The batch sums are all-reduced, so every DDP process holds the same prototypes and uncertainties.
 
-Reconstructed (the sources do not say, see the README):
+Reconstructed (the sources do not say, see docs/methods/ugrl.md):
 - Background has no CAM; its score map is ``1 - max`` of the image's foreground CAMs, so it gets a
   prototype and an uncertainty like any class (the segmentation labels include it).
 - No loss of the paper trains the ``d_cls`` projection, and every uncertainty is used as a
