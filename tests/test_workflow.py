@@ -15,7 +15,7 @@ TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam
 
 def test_default_config_plans_the_whole_dag(tmp_path):
     jobs = planned_jobs(tmp_path, REPO / "config.yaml")
-    assert TRUNK | {"refine_plmix", "scribbles", "train_seg", "evaluate", "summary", "devices", "all"} == set(jobs)
+    assert TRUNK | {"refine_plmix", "scribbles", "train_seg", "evaluate", "summary", "browse", "devices", "all"} == set(jobs)
     # raw and PL-Mix CAMs: each refinement has its own CAM file and pseudo labels (PL-Mix writes
     # its CAM file with its network: infer_cam runs once); one segmenter per method (ce on each
     # refinement, ugrl, rss, eil)
@@ -85,20 +85,20 @@ def test_end_to_end_outputs(tiny_run):
 
 
 @pytest.mark.workflow
-def test_adding_a_variant_reruns_only_that_variant(tiny_run):
+def test_adding_a_variant_reruns_only_that_variant_and_the_views_of_all(tiny_run):
     workdir, cfg = tiny_run
     variants = yaml.safe_load(cfg.read_text())["variants"]
     cfg = write_config(workdir / "more.yaml", variants={**variants, "ce_c": {"method": "ce", "pseudo_labels": "none"}})
-    assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "summary": 1, "all": 1}
+    assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "summary": 1, "browse": 1, "all": 1}
 
 
 @pytest.mark.workflow
-def test_removing_a_variant_reruns_only_the_summary(tiny_run):
+def test_removing_a_variant_reruns_only_the_summary_and_the_browser(tiny_run):
     workdir, cfg = tiny_run
     config = yaml.safe_load(cfg.read_text())
     del config["variants"]["ce_b"]
     (workdir / "fewer.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert planned_jobs(workdir, workdir / "fewer.yaml") == {"summary": 1, "all": 1}
+    assert planned_jobs(workdir, workdir / "fewer.yaml") == {"summary": 1, "browse": 1, "all": 1}
 
 
 @pytest.mark.workflow

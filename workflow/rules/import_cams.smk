@@ -1,7 +1,7 @@
 rule import_cams:
     input:
         index=INDEX,
-        folder=lambda wildcards: REFINEMENTS[wildcards.refinement]["path"],
+        folder=imported_folder,
     output:
         "results/refine/{refinement}/cams_{split}.h5",
     log:
