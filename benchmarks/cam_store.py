@@ -90,6 +90,7 @@ def write_format_1(path: Path, meta: CamFileMeta, cams: dict) -> None:
             ds = group.create_dataset(image_id, data=c.astype(np.float16), chunks=c.shape, shuffle=True,
                                       compression="gzip", compression_opts=1)
             ds.attrs["class_indices"] = np.asarray(classes, np.int16)
+            ds.attrs["height"], ds.attrs["width"] = c.shape[1:]
 
 
 def h5_rows(work: Path, meta: CamFileMeta, cams: dict, read_ids: list[str]) -> list[tuple]:

@@ -1,6 +1,8 @@
 """Look at intermediate results: list an HDF5 file, or render per-image panels.
 
-``python -m stages.inspect cams.h5`` prints the file's attributes and entries.
+``python -m stages.inspect cams.h5`` prints the file's attributes and entries (links shown, never
+followed); a CAM file the stages would refuse (a bad entry: a link, a group, a wrong type or shape)
+is then refused, naming the entry, with exit code 2.
 ``python -m stages.inspect --index IDX --cams cams.h5 [--labels DIR] --ids ID ... --out-dir DIR``
 writes <id>.png: the image, one CAM heatmap per present class (with a colour bar), the pseudo
 label and the mask (with a legend of the classes they show).
@@ -21,7 +23,7 @@ from matplotlib.patches import Patch
 from stages.data.images import load_rgb
 from stages.data.index import DatasetIndex
 from stages.errors import InputError, run_stage
-from stages.io.cam_store import CamReader
+from stages.io.cam_store import GROUP, CamReader
 from stages.io.ids import check_id
 from stages.io.label_png import IGNORE, colorize, read_label
 from stages.reporting.figures import new_figure, save_png
@@ -31,30 +33,50 @@ HEAT_ALPHA = 0.5  # share of the CAM colour in a heatmap tile, the rest is the i
 
 def _format_attr(value: object) -> str:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="replace")
     if isinstance(value, np.ndarray):
         return "[" + ", ".join(_format_attr(v) for v in value.tolist()) + "]"
     return str(value)
 
 
-def describe_hdf5(path: str | os.PathLike, limit: int = 20) -> str:
-    """Attributes of the file and of up to ``limit`` datasets per group, as text."""
+def _link_text(link: object) -> str:
+    if isinstance(link, h5py.ExternalLink):
+        return f"-> external link to {link.path!r} in {link.filename!r} (not followed)"
+    if isinstance(link, h5py.SoftLink):
+        return f"-> soft link to {link.path!r} (not followed)"
+    return f"-> {type(link).__name__} (not followed)"
+
+
+def describe_hdf5(path: str | os.PathLike, limit: int = 20, max_depth: int = 8) -> str:
+    """Attributes of the file and of up to ``limit`` datasets per group, as text. Only what the
+    file itself holds is listed: a soft or external link is shown as such, never followed, and a
+    group met twice (hard links can make cycles) or deeper than ``max_depth`` is not entered."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise InputError(f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}") from exc
     lines = [f"{path}"]
+    seen: set[h5py.h5g.GroupID] = set()
     with f:
-        lines += [f"  @{k} = {_format_attr(v)}" for k, v in f.attrs.items()]
-
         def describe(group: h5py.Group, depth: int) -> None:
+            seen.add(group.id)
             pad = "  " * depth
             names = list(group.keys())
             for name in names[:limit]:
+                link = group.get(name, getlink=True)
+                if not isinstance(link, h5py.HardLink):
+                    lines.append(f"{pad}{name}  {_link_text(link)}")
+                    continue
                 obj = group[name]
                 if isinstance(obj, h5py.Group):
                     lines.append(f"{pad}{name}/  ({len(obj)} entries)")
-                    describe(obj, depth + 1)
+                    if obj.id in seen or depth >= max_depth:
+                        lines.append(f"{pad}  ... not listed (listed above, or deeper than {max_depth})")
+                    else:
+                        describe(obj, depth + 1)
+                    continue
+                if not isinstance(obj, h5py.Dataset):
+                    lines.append(f"{pad}{name}  {type(obj).__name__}")
                     continue
                 comp = f", {obj.compression}" if obj.compression else ""
                 attrs = " ".join(f"{k}={_format_attr(v)}" for k, v in obj.attrs.items())
@@ -62,8 +84,34 @@ def describe_hdf5(path: str | os.PathLike, limit: int = 20) -> str:
             if len(names) > limit:
                 lines.append(f"{pad}... {len(names) - limit} more")
 
-        describe(f, 1)
-    return "\n".join(lines)
+        try:
+            lines += [f"  @{k} = {_format_attr(v)}" for k, v in f.attrs.items()]
+            describe(f, 1)
+        except (OSError, KeyError, RuntimeError, UnicodeDecodeError) as exc:  # a damaged file, by call
+            raise InputError(f"{path}: damaged HDF5 file, cannot be listed (corrupt or truncated?): {exc}") from exc
+    # h5py leaves names and strings that are not UTF-8 as lone surrogates, which print() cannot encode
+    return "\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_cam_file(path: str | os.PathLike) -> bool:
+    """Whether the file claims to be a CAM file (a CAM format version, or a ``cams`` member)."""
+    with h5py.File(path, "r") as f:
+        return "format_version" in f.attrs or f.get(GROUP, getlink=True) is not None
+
+
+def check_cam_file(path: str | os.PathLike) -> None:
+    """Refuse a CAM file the stages would refuse, checking every entry's metadata as a read does
+    (no value is read): the first bad entry is named, with how many more there are."""
+    with CamReader(path) as reader:
+        problems = []
+        for image_id in reader.ids():
+            try:
+                reader.check_entry(image_id)
+            except InputError as exc:
+                problems.append(str(exc))
+    if problems:
+        more = f"; {len(problems) - 1} more entries are bad as well" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
 
 
 def _heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -138,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.file is not None:
         print(describe_hdf5(args.file, args.limit))
+        if is_cam_file(args.file):
+            check_cam_file(args.file)
     if args.cams is None:
         return
     index = DatasetIndex.load(args.index)

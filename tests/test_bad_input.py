@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import importlib
 import io
 import json
@@ -34,6 +35,7 @@ from typing import Callable
 
 import pytest
 import torch
+from hostile_cams import HOSTILE, make_hostile
 from PIL import Image
 
 from conftest import REPO, pipeline_env, snakemake, stage_argv, train_options, write_config
@@ -399,7 +401,7 @@ class StageCase:
     stage: str
     argv: list[object]
     names: list[str]
-    output: Path
+    output: Path | None  # None: the stage writes no file (stages.inspect listing a file)
     hidden: tuple[str, ...] = ()
 
 
@@ -599,6 +601,27 @@ def _case_cuda_without_gpu(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase
                      ["'cuda'", "CUDA is not available"], tmp / "cams.h5")
 
 
+# a CAM file whose entry is a link, a group, a string, a shape beyond its attributes, ... (tests/hostile_cams.py)
+HOSTILE_CAM_RUNS: dict[str, Callable[[Pipeline, Path, Path], tuple[list[object], Path | None]]] = {
+    "export_cams": lambda p, cams, tmp: (["--cams", cams, "--out-dir", tmp / "npy"], tmp / "npy"),
+    "inspect": lambda p, cams, tmp: ([cams], None),
+    "pseudo_labels": lambda p, cams, tmp: (_pseudo_label_args(p, cams, tmp / "out"), tmp / "out"),
+}
+
+
+def _case_hostile_cam_entry(stage: str, kind: str, p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    cams = _copy(p.cams, tmp / "cams.h5")
+    image_id = sorted(p.checked.ids("train_aug"))[0]
+    make_hostile(cams, image_id, kind, other=o.cams)
+    argv, output = HOSTILE_CAM_RUNS[stage](p, cams, tmp)
+    return StageCase(stage, argv, [f"{cams}: CAM entry {image_id!r}", HOSTILE[kind]], output)
+
+
+def _hostile_cam_cases(stages: list[str], kinds: list[str]) -> list:
+    return [pytest.param(functools.partial(_case_hostile_cam_entry, stage, kind), id=f"{stage}:cam_entry_{kind}")
+            for stage in stages for kind in kinds]
+
+
 STAGE_CASES = [
     pytest.param(_case_foreign_cams, id="pseudo_labels:cam_file_of_another_data_set"),
     pytest.param(_case_truncated_cams, id="pseudo_labels:truncated_cam_file"),
@@ -631,6 +654,8 @@ STAGE_CASES = [
                  id="prepare_dataset:image_labels_in_utf16_without_byte_order_mark"),
     pytest.param(_case_id_with_zero_width_space, id="prepare_dataset:id_with_zero_width_space"),
     pytest.param(_case_cuda_without_gpu, id="config:device_cuda_without_gpu"),
+    *_hostile_cam_cases(["export_cams", "inspect"], list(HOSTILE)),
+    *_hostile_cam_cases(["pseudo_labels"], ["external_link", "oversized_shape"]),
 ]
 
 
@@ -643,7 +668,7 @@ def test_stage_refuses_bad_input_naming_it(pipeline: Pipeline, other: OtherDataS
         assert name in message, f"stages.{spec.stage}: {name!r} not in the error:\n{message}"
     for text in spec.hidden:
         assert text not in message, f"stages.{spec.stage}: the error shows {text!r}:\n{message}"
-    assert not spec.output.exists(), f"stages.{spec.stage} failed but left {spec.output}"
+    assert spec.output is None or not spec.output.exists(), f"stages.{spec.stage} failed but left {spec.output}"
 
 
 @pytest.mark.parametrize("size", BOMB_SIZES.values(), ids=BOMB_SIZES.keys())

@@ -6,14 +6,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import types
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from hostile_cams import HOSTILE, damaged_copies, make_hostile
 
 from stages.data.index import DatasetIndex
+from stages.errors import InputError
 from stages.io.cam_store import CamFileMeta, CamReader, CamWriter, merge_shards, shard_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,6 +229,7 @@ def test_format_1_files_are_still_read(tmp_path):
         ds = f.create_group("cams").create_dataset("img_a", data=cams.astype(np.float16), chunks=cams.shape,
                                                    compression="gzip", shuffle=True)
         ds.attrs["class_indices"] = np.array([1, 3], np.int16)
+        ds.attrs["height"], ds.attrs["width"] = cams.shape[1:]  # as every version wrote them
     with CamReader(path) as reader:
         np.testing.assert_allclose(reader.read("img_a").cams, cams, atol=5e-4)
 
@@ -233,3 +237,87 @@ def test_format_1_files_are_still_read(tmp_path):
 def test_values_outside_unit_range_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"img_a: CAM values must lie in \[0, 1\]"):
         write_file(tmp_path / "cams.h5", {"img_a": (np.full((1, 4, 4), 3.0, np.float32), [1])})
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_entry_is_refused_naming_it(tmp_path, kind):
+    """Links, groups, strings, declared shapes beyond the attributes or any image: refused from the
+    metadata by a read, an entry check and a merge, in one line, with nothing large allocated."""
+    path, other, merged = tmp_path / "cams.h5", tmp_path / "other.h5", tmp_path / "merged.h5"
+    write_file(path, make_entries(np.random.default_rng(7)))
+    write_file(other, make_entries(np.random.default_rng(8)))
+    make_hostile(path, "img_b", kind, other)
+    assert path.stat().st_size < 100_000  # the declared 10^10 pixels were never written
+    tracemalloc.start()
+    try:
+        with CamReader(path) as reader:
+            with pytest.raises(InputError) as read:
+                reader.read("img_b")
+            with pytest.raises(InputError) as checked:
+                reader.check_entry("img_b")
+            assert reader.read("img_a").cams.shape == (2, 12, 16)  # the other entries stay readable
+        with pytest.raises(InputError) as merge:
+            merge_shards([path], merged, make_meta())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+    for message in (str(read.value), str(checked.value), str(merge.value)):
+        assert message.startswith(f"{path}: CAM entry 'img_b' ") and "\n" not in message
+        assert HOSTILE[kind] in message and "re-run infer_cam" in message
+    if kind == "external_link":
+        assert repr(str(other)) in str(read.value)
+    assert not merged.exists() and path.exists()  # a refused merge writes nothing and keeps its input
+
+
+@pytest.mark.parametrize("link", ["soft", "external"])
+def test_cams_group_held_elsewhere_is_refused(tmp_path, link):
+    path, other = tmp_path / "cams.h5", tmp_path / "other.h5"
+    write_file(path, make_entries(np.random.default_rng(9)))
+    write_file(other, make_entries(np.random.default_rng(10)))
+    with h5py.File(path, "r+") as f:
+        f.move("cams", "elsewhere")
+        f["cams"] = h5py.SoftLink("/elsewhere") if link == "soft" else h5py.ExternalLink(str(other), "/cams")
+    with pytest.raises(InputError, match=f"^{path}: 'cams' is an? {link} link to .*not a group stored in this file"):
+        CamReader(path)
+
+
+def test_format_1_values_outside_unit_range_are_refused(tmp_path):
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**make_meta().to_attrs(), "format_version": 1, "num_images": 2})
+        for image_id, value in (("three", 3.0), ("nan", np.nan)):
+            ds = f.require_group("cams").create_dataset(image_id, data=np.full((1, 4, 4), value, np.float16))
+            ds.attrs.update({"class_indices": np.array([1], np.int16), "height": 4, "width": 4})
+    with CamReader(path) as reader:
+        for image_id in ("three", "nan"):
+            with pytest.raises(InputError, match=f"CAM entry '{image_id}' holds values .* outside the \\[0, 1\\]"):
+                reader.read(image_id)
+
+
+@pytest.mark.parametrize("attr, value, problem", [
+    ("format_version", np.array([1, 2]), "format version"),
+    ("num_images", "three", "holds 3 entries but says three"),
+    ("classes", 7, "attributes are not those a writer stores"),
+])
+def test_hostile_file_attributes_are_refused(tmp_path, attr, value, problem):
+    path = tmp_path / "cams.h5"
+    write_file(path, make_entries(np.random.default_rng(11)))
+    with h5py.File(path, "r+") as f:
+        f.attrs[attr] = value
+    with pytest.raises(InputError, match=f"^{path}: .*{problem}"):
+        CamReader(path)
+
+
+def test_damaged_metadata_is_reported_as_bad_input(tmp_path):
+    """A metadata block made unreadable: whichever error libhdf5 raised (OSError, KeyError or
+    RuntimeError depending on the call), the reader reports bad input naming the file."""
+    good = tmp_path / "cams.h5"
+    write_file(good, make_entries(np.random.default_rng(12)))
+    copies = damaged_copies(good, tmp_path)
+    assert {c.stem.split("_")[1] for c in copies} == {"TREE", "HEAP", "SNOD", "GCOL"}
+    for path in copies:
+        with pytest.raises(InputError, match=f"^{path}: .*cannot be read \\(corrupt or truncated file\\?\\)"):
+            with CamReader(path) as reader:
+                for _ in reader.entries():
+                    pass

@@ -1,14 +1,18 @@
 """stages.inspect: listing an HDF5 file and rendering inspection panels."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from hostile_cams import damaged_copies, make_hostile
 from PIL import Image
 
 from stages import inspect as inspect_stage
 from stages.data.index import DatasetIndex
+from stages.errors import InputError
 from stages.io.cam_store import CamFileMeta, CamWriter
 from stages.io.label_png import write_label
 
@@ -71,3 +75,33 @@ def test_errors_name_the_file_or_id(files, tmp_path):
         inspect_stage.main([str(broken)])
     with pytest.raises(SystemExit):
         inspect_stage.main(["--ids", "im1"])
+
+
+def test_listing_shows_a_link_unfollowed_then_refuses_the_entry(files, tmp_path, capsys):
+    cams, other = files["cams"], tmp_path / "other.h5"
+    shutil.copy(cams, other)
+    make_hostile(cams, "im1", "external_link", other)
+    with pytest.raises(InputError, match=f"^{cams}: CAM entry 'im1' is an external link to '/cams/im1' in '{other}'"):
+        inspect_stage.main([str(cams)])
+    text = capsys.readouterr().out
+    assert f"im1  -> external link to '/cams/im1' in '{other}' (not followed)" in text
+    assert "uint8" not in text  # the other file's array is not listed as if it were this file's
+
+
+def test_listing_an_hdf5_file_with_a_group_cycle(tmp_path, capsys):
+    """Hard links can make a group its own member; the listing enters it once. Not a CAM file: no check."""
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        group = f.create_group("a")
+        group["again"] = group
+        group["x"] = np.zeros(3)
+    inspect_stage.main([str(path)])
+    text = capsys.readouterr().out
+    assert "again/  (2 entries)" in text and "not listed (listed above" in text and "x  float64 (3,)" in text
+
+
+def test_damaged_metadata_is_reported_as_bad_input(files, tmp_path):
+    """A metadata block made unreadable: the listing names the file as damaged, never a traceback."""
+    for path in damaged_copies(files["cams"], tmp_path):
+        with pytest.raises(InputError, match=f"^{path}: damaged HDF5 file, cannot be listed"):
+            inspect_stage.main([str(path)])

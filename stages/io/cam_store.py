@@ -21,6 +21,13 @@ Layout (format version 2; version 1 files, float16 + gzip, are still read)::
         attrs   class_indices   int16 (K,), indices into ``classes`` (1..C-1), one per channel
                 height, width   image size in pixels
 
+An entry is read only if it is what a writer stores: a dataset held in this file (a hard link:
+no soft or external link, no virtual dataset, no external raw storage, whose bytes would come
+from elsewhere), uint8 (format 2) or float16 (format 1), shaped (len(class_indices), height,
+width) with at most ``MAX_PIXELS`` pixels. All of that is checked from the metadata before any
+value is read, so a damaged or hostile file is refused with a message naming the entry and never
+makes the reader allocate what its header declares.
+
 Reading one image with plain h5py::
 
     import h5py
@@ -34,15 +41,17 @@ file, see ``stages.io.atomic``); readers also refuse a file without ``num_images
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import h5py
 import numpy as np
+from h5py import h5a, h5d, h5l, h5o, h5s
 
 from stages.errors import InputError, MissingEntryError, MissingInputError
 from stages.io.atomic import atomic_path, is_temporary
@@ -63,6 +72,11 @@ GROUP = "cams"
 # the threshold sweep's; benchmarks/cam_store.py has the figures.
 LEVELS = 255
 _TOLERANCE = 1e-3  # float rounding above 1 (x / (max + eps)) is not an error
+STORED_DTYPES = {np.dtype(np.uint8): "uint8 (format 2)", np.dtype(np.float16): "float16 (format 1)"}
+# PIL refuses to open an image of more than twice its Image.MAX_IMAGE_PIXELS (a decompression
+# bomb), so no stage made CAMs of a larger image; a larger declared entry is damaged or hostile.
+MAX_PIXELS = 2 * 89_478_485
+REMEDY = "make the file again (re-run infer_cam, refine or refine_irn, or re-import it with import_cams)"
 _SHARD_NAME = re.compile(r"\..+\.shard[0-9]+")
 
 
@@ -102,6 +116,9 @@ class CamFileMeta:
             )
         except KeyError as exc:
             raise InputError(f"{path}: CAM file lacks attribute {exc.args[0]!r}") from None
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: CAM file attributes are not those a writer stores ({exc}); "
+                             f"{REMEDY}") from None
 
 
 @dataclass(frozen=True)
@@ -121,6 +138,58 @@ def _as_float(stored: np.ndarray) -> np.ndarray:
     if stored.dtype == np.uint8:
         return np.multiply(stored, np.float32(1 / LEVELS), dtype=np.float32)
     return stored.astype(np.float32)
+
+
+def _link_problem(group: h5py.h5g.GroupID, name: bytes) -> str | None:
+    """How the link ``name`` points elsewhere than to an object in this file; None for a hard link.
+    The link itself is inspected, never followed."""
+    links = group.links
+    kind = links.get_info(name).type
+    if kind == h5l.TYPE_HARD:
+        return None
+    if kind == h5l.TYPE_SOFT:
+        return f"is a soft link to {links.get_val(name).decode(errors='replace')!r}"
+    if kind == h5l.TYPE_EXTERNAL:
+        file, target = (v.decode(errors="replace") for v in links.get_val(name))
+        return f"is an external link to {target!r} in {file!r}"
+    return f"is a user-defined link (type {kind})"
+
+
+def _storage_problem(dataset: h5d.DatasetID) -> str | None:
+    """Why a dataset's values would not come from this file (virtual, external raw storage)."""
+    plist = dataset.get_create_plist()
+    if plist.get_layout() == h5d.VIRTUAL:
+        return "is a virtual dataset that maps data of other datasets or files"
+    if plist.get_external_count():
+        return f"keeps its values in the external raw file {plist.get_external(0)[0].decode(errors='replace')!r}"
+    return None
+
+
+def _int_attr(obj: h5o.ObjectID, name: bytes, max_len: int | None = None) -> np.ndarray | None:
+    """An integer attribute (a scalar, or a 1-D array of at most ``max_len`` values), None when it is
+    missing or is something else; its size is checked before it is read."""
+    try:
+        attr = h5a.open(obj, name)
+    except KeyError:
+        return None
+    shape, dtype = attr.shape, attr.dtype
+    if dtype.kind not in "iu" or shape is None or not (
+            shape == () if max_len is None else len(shape) == 1 and shape[0] <= max_len):
+        return None
+    value = np.empty(shape, dtype)
+    attr.read(value)
+    return value
+
+
+def _is_utf8(name: str | bytes) -> bool:
+    """Whether h5py decoded a link name as UTF-8 (it leaves other bytes as bytes or lone surrogates)."""
+    if not isinstance(name, str):
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_str(value: object) -> str:
@@ -210,8 +279,26 @@ class CamWriter:
         """Copy every entry of another file as stored (not re-encoded; readers go by the dtype)."""
         for image_id in reader.ids():
             self._check_new(image_id)
-            reader._file.copy(reader._file[GROUP][image_id], self._group, name=image_id)
+            reader.copy_entry(image_id, self._group)
             self._count += 1
+
+
+_Result = TypeVar("_Result")
+
+
+def _damage_is_input_error(method: Callable[..., _Result]) -> Callable[..., _Result]:
+    """libhdf5 reports a damaged file (bytes flipped, cut short) as OSError, KeyError or RuntimeError
+    depending on the call; the reader's methods report it as bad input naming the file (and entry)."""
+    @functools.wraps(method)
+    def checked(self: "CamReader", *args: object) -> _Result:
+        try:
+            return method(self, *args)
+        except InputError:
+            raise
+        except (OSError, KeyError, RuntimeError) as exc:
+            entry = f"entry {args[0]!r} " if args else ""
+            raise InputError(f"{self.path}: {entry}cannot be read (corrupt or truncated file?): {exc}") from exc
+    return checked
 
 
 class CamReader:
@@ -220,6 +307,10 @@ class CamReader:
     libhdf5 keeps some metadata (~14 KiB) of every entry read until the file is closed, ~130 MiB
     over VOC train_aug; the file is therefore reopened every ``REOPEN_EVERY`` reads so that a pass
     over any number of images runs in flat memory (benchmarks/scale.py).
+
+    Entries are opened and read with libhdf5's low-level calls (h5py.h5o, h5a, h5d): h5py's Dataset
+    objects and attribute manager would add about 0.1 ms per read, a quarter of reading a VOC-sized
+    entry; so the checks of the module doc come at no cost on balance (benchmarks/cam_store.py).
     """
 
     REOPEN_EVERY = 256
@@ -238,25 +329,39 @@ class CamReader:
             raise InputError(f"{self.path}: not a readable HDF5 CAM file (corrupt or truncated?): "
                              f"{exc}") from exc
         try:
-            self._check_layout()
-            self.meta = CamFileMeta.from_attrs(self.path, self._file.attrs)
+            self._group = self._check_layout()
+            self.meta = self._read_meta()
         except Exception:
             self._file.close()
             raise
 
-    def _check_layout(self) -> None:
+    @_damage_is_input_error
+    def _read_meta(self) -> CamFileMeta:
+        return CamFileMeta.from_attrs(self.path, self._file.attrs)
+
+    @_damage_is_input_error
+    def _check_layout(self) -> h5py.Group:
+        """The file's version, completeness and ``cams`` group (held in this file); returns the group."""
         attrs = self._file.attrs
         version = attrs.get("format_version")
-        if version not in READABLE_VERSIONS:
+        if not (np.ndim(version) == 0 and version in READABLE_VERSIONS):
             raise InputError(f"{self.path}: CAM file format version {version} (readable: "
                              f"{', '.join(map(str, READABLE_VERSIONS))})")
-        if GROUP not in self._file:
+        if not self._file.id.links.exists(GROUP.encode()):
             raise InputError(f"{self.path}: no '{GROUP}' group; not a CAM file")
-        if "num_images" not in attrs:
+        problem = _link_problem(self._file.id, GROUP.encode())
+        if problem:
+            raise InputError(f"{self.path}: '{GROUP}' {problem}, not a group stored in this file; {REMEDY}")
+        group = self._file[GROUP]
+        if not isinstance(group, h5py.Group):
+            raise InputError(f"{self.path}: '{GROUP}' is not a group of CAM entries; {REMEDY}")
+        num_images = attrs.get("num_images")
+        if num_images is None:
             raise InputError(f"{self.path}: CAM file was never finished (no num_images attribute)")
-        if int(attrs["num_images"]) != len(self._file[GROUP]):
-            raise InputError(f"{self.path}: holds {len(self._file[GROUP])} entries but says "
-                             f"{int(attrs['num_images'])}; the file is damaged")
+        if not (np.ndim(num_images) == 0 and num_images == len(group)):
+            raise InputError(f"{self.path}: holds {len(group)} entries but says {num_images}; "
+                             f"the file is damaged")
+        return group
 
     def __enter__(self) -> "CamReader":
         return self
@@ -267,36 +372,102 @@ class CamReader:
     def close(self) -> None:
         self._file.close()
 
+    @_damage_is_input_error
     def __len__(self) -> int:
-        return len(self._file[GROUP])
+        return len(self._group)
 
+    @_damage_is_input_error
     def __contains__(self, image_id: str) -> bool:
-        return image_id in self._file[GROUP]
+        """Whether the file has an entry of that name (of any kind: a read checks what it is)."""
+        return "/" not in image_id and self._group.id.links.exists(image_id.encode())
 
+    @_damage_is_input_error
     def ids(self) -> list[str]:
-        return list(self._file[GROUP].keys())
+        ids = list(self._group.keys())
+        undecodable = [i for i in ids if not _is_utf8(i)]
+        if undecodable:
+            raise InputError(f"{self.path}: entry name {undecodable[0]!r} is not UTF-8 text, which no "
+                             f"writer stores (corrupt file?); {REMEDY}")
+        return ids
 
+    def _refuse(self, image_id: str, problem: str) -> InputError:
+        return InputError(f"{self.path}: CAM entry {image_id!r} {problem}; {REMEDY}")
+
+    @_damage_is_input_error
+    def _open_entry(self, image_id: str) -> tuple[h5d.DatasetID, np.ndarray]:
+        """The entry's dataset and class indices once its metadata is what a writer stores (see the
+        module doc); nothing of its values is read."""
+        if image_id not in self:
+            raise MissingEntryError(f"{self.path}: image id {image_id!r} is not in this CAM file "
+                                    f"({len(self)} entries, split {self.meta.split!r})")
+        name = image_id.encode()
+        problem = _link_problem(self._group.id, name)
+        if problem:
+            raise self._refuse(image_id, f"{problem}, not data stored in this file")
+        dataset = h5o.open(self._group.id, name)
+        if not isinstance(dataset, h5d.DatasetID):
+            kind = "group" if isinstance(dataset, h5py.h5g.GroupID) else "named data type"
+            raise self._refuse(image_id, f"is a {kind}, not a dataset of CAM values")
+        problem = _storage_problem(dataset)
+        if problem:
+            raise self._refuse(image_id, f"{problem}, not data stored in this file")
+        shape, dtype = dataset.shape, dataset.dtype
+        if dtype not in STORED_DTYPES:
+            raise self._refuse(image_id, f"holds {dtype} values; CAM values are stored as "
+                                         f"{' or '.join(STORED_DTYPES.values())}")
+        if shape is None or len(shape) != 3:
+            raise self._refuse(image_id, f"has shape {shape}; CAMs are (classes, height, width)")
+        height, width = _int_attr(dataset, b"height"), _int_attr(dataset, b"width")
+        if height is None or width is None:
+            raise self._refuse(image_id, "lacks an integer 'height' or 'width' attribute")
+        if shape[1:] != (int(height), int(width)):
+            raise self._refuse(image_id, f"is stored as {shape[1]} x {shape[2]} pixels but its "
+                                         f"attributes say {height} x {width}")
+        if shape[1] * shape[2] > MAX_PIXELS:
+            raise self._refuse(image_id, f"declares {shape[1]} x {shape[2]} pixels, more than the {MAX_PIXELS} "
+                                         f"of the largest image the stages read")
+        num_classes = len(self.meta.classes)
+        indices = _int_attr(dataset, b"class_indices", max_len=num_classes - 1)
+        if indices is None or indices.size != shape[0]:
+            raise self._refuse(image_id, f"has {shape[0]} CAM channel(s) but no 'class_indices' attribute "
+                                         f"of as many integers (at most {num_classes - 1}, one per class)")
+        listed = indices.tolist()  # a few values: Python's min, max and set beat numpy's overhead
+        if listed and (min(listed) < 1 or max(listed) >= num_classes or len(set(listed)) != len(listed)):
+            raise self._refuse(image_id, f"has class indices {listed}, not distinct classes among "
+                                         f"1..{num_classes - 1}")
+        return dataset, indices.astype(np.int64)
+
+    def check_entry(self, image_id: str) -> None:
+        """Refuse an entry a read would refuse before reading its values; reads no value itself."""
+        self._open_entry(image_id)
+
+    @_damage_is_input_error
     def read(self, image_id: str) -> CamEntry:
         self._reads += 1
         if self._reads % self.REOPEN_EVERY == 0 and self._file:  # (a closed file stays closed)
             self._file.close()
             self._file = h5py.File(self.path, "r")
-        group = self._file[GROUP]
-        ds = group.get(image_id)
-        if ds is None:
-            raise MissingEntryError(f"{self.path}: image id {image_id!r} is not in this CAM file "
-                           f"({len(group)} entries, split {self.meta.split!r})")
-        try:
-            cams = _as_float(ds[()])
-        except OSError as exc:
-            raise InputError(f"{self.path}: entry {image_id!r} cannot be read (corrupt or "
-                             f"truncated file?): {exc}") from exc
-        return CamEntry(cams=cams, class_indices=np.asarray(ds.attrs["class_indices"], dtype=np.int64))
+            self._group = self._check_layout()
+        dataset, class_indices = self._open_entry(image_id)
+        stored = np.empty(dataset.shape, dataset.dtype)
+        if stored.size:
+            dataset.read(h5s.ALL, h5s.ALL, stored)
+        cams = _as_float(stored)
+        if stored.dtype != np.uint8 and cams.size and not (cams.min() >= 0 and cams.max() <= 1 + _TOLERANCE):
+            raise self._refuse(image_id, f"holds values {cams.min():.4g}..{cams.max():.4g}, outside the [0, 1] "
+                                         f"of CAMs")
+        return CamEntry(cams=cams, class_indices=class_indices)
 
     def entries(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, CamEntry]]:
         """Yield (id, entry) one at a time, so memory does not grow with the number of images."""
         for image_id in (self.ids() if ids is None else ids):
             yield image_id, self.read(image_id)
+
+    @_damage_is_input_error
+    def copy_entry(self, image_id: str, dest: h5py.Group) -> None:
+        """Copy one entry into ``dest`` as stored (not re-encoded), once it passed a read's checks."""
+        dataset, _ = self._open_entry(image_id)
+        h5o.copy(dataset, b".", dest.id, image_id.encode())
 
     def check_matches(self, index: DatasetLike, ids: Iterable[str] = ()) -> None:
         """Refuse CAMs made for another data set or class list, or lacking any of ``ids``."""
