@@ -1,15 +1,18 @@
 """Backbones, the EfficientNet-Lite0 ImageNet loader and the CAM network."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from stages.data.images import load_rgb
 from stages.data.tensors import to_tensor
 from stages.data.transforms import resize
+from stages.errors import InputError
 from stages.models import efficientnet_lite0
 from stages.models.backbones import TESTED_BACKBONES, create_backbone
 from stages.models.cam_net import CAMNet
@@ -109,6 +112,18 @@ def test_weights_from_local_file(tmp_path: Path) -> None:
     torch.save(source.state_dict(), path)
     model = create_backbone("resnet18", str(path))
     assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+
+
+def test_weights_from_safetensors_and_a_misnamed_copy(tmp_path: Path) -> None:
+    source = timm.create_model("resnet18")
+    path = tmp_path / "r18.safetensors"
+    save_file(source.state_dict(), path)
+    model = create_backbone("resnet18", str(path))
+    assert torch.equal(model.state_dict()["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+    misnamed = tmp_path / "r18.pth"
+    shutil.copy(path, misnamed)
+    with pytest.raises(InputError, match=rf"^{misnamed}: a safetensors file named .pth: rename it to r18.safetensors$"):
+        create_backbone("resnet18", str(misnamed))
 
 
 @pytest.mark.parametrize("pooling", ["gap", "gmp"])

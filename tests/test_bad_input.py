@@ -22,6 +22,7 @@ import functools
 import importlib
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -594,6 +595,54 @@ def _case_id_with_zero_width_space(p: Pipeline, o: OtherDataSet, tmp: Path) -> S
     return _prepare_folder(root, tmp, [f"{path}, line 2", repr(f"{second}\u200b"), "U+200B ZERO WIDTH SPACE"])
 
 
+class _RunsCode:
+    """A pickle payload: unpickling it calls ``os.mkdir(path)``. The cases below aim it at the
+    stage's output, which the matrix checks is absent afterwards: the payload never ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.path),)
+
+
+def _case_weights_that_would_run_code(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    weights = tmp / "resnet18.pth"
+    torch.save({"conv1.weight": _RunsCode(tmp / "seg.pt")}, weights)
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, weights=str(weights)),
+                     [str(weights), "refused to load, for safety", "posix.mkdir"], tmp / "seg.pt")
+
+
+def _case_cam_model_that_would_run_code(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    model = tmp / "model.pt"
+    torch.save({"model": {}, "meta": _RunsCode(tmp / "cams.h5")}, model)
+    return StageCase("infer_cam", _infer_args(p, model, tmp / "cams.h5"),
+                     [str(model), "refused to load, for safety", "posix.mkdir"], tmp / "cams.h5")
+
+
+def _case_pickle_named_safetensors(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    weights = tmp / "resnet18.safetensors"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, weights)
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, weights=str(weights)),
+                     [str(weights), "a torch file named .safetensors: rename it to resnet18.pth"], tmp / "seg.pt")
+
+
+def _case_truncated_weights(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    weights = tmp / "resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, weights)
+    _truncate(weights)
+    return StageCase("train_seg", _seg_args(p, tmp, p.pseudo, weights=str(weights)),
+                     [str(weights), "truncated or damaged", "get the file again"], tmp / "seg.pt")
+
+
+def _case_checkpoint_and_previous_truncated(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
+    latest, previous = tmp / "checkpoint.pt", tmp / "checkpoint.prev.pt"
+    for path in (latest, previous):
+        _copy(p.model.parent / "checkpoint.pt", path, truncate=True)
+    return StageCase("train_cam", cam_train_args(p.index, tmp, steps=2),
+                     [str(latest), str(previous), f"delete them (rm {latest} {previous})"], tmp / "model.pt")
+
+
 def _case_cuda_without_gpu(p: Pipeline, o: OtherDataSet, tmp: Path) -> StageCase:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present, so device cuda is valid here")
@@ -656,6 +705,11 @@ STAGE_CASES = [
     pytest.param(_case_cuda_without_gpu, id="config:device_cuda_without_gpu"),
     *_hostile_cam_cases(["export_cams", "inspect"], list(HOSTILE)),
     *_hostile_cam_cases(["pseudo_labels"], ["external_link", "oversized_shape"]),
+    pytest.param(_case_weights_that_would_run_code, id="train_seg:weights_pickle_that_would_run_code"),
+    pytest.param(_case_pickle_named_safetensors, id="train_seg:weights_pickle_named_safetensors"),
+    pytest.param(_case_truncated_weights, id="train_seg:truncated_weights_file"),
+    pytest.param(_case_cam_model_that_would_run_code, id="infer_cam:cam_model_pickle_that_would_run_code"),
+    pytest.param(_case_checkpoint_and_previous_truncated, id="train_cam:checkpoint_and_previous_truncated"),
 ]
 
 
@@ -668,6 +722,7 @@ def test_stage_refuses_bad_input_naming_it(pipeline: Pipeline, other: OtherDataS
         assert name in message, f"stages.{spec.stage}: {name!r} not in the error:\n{message}"
     for text in spec.hidden:
         assert text not in message, f"stages.{spec.stage}: the error shows {text!r}:\n{message}"
+    assert "weights_only" not in message, "torch's advice to load a file unsafely must not be relayed"
     assert spec.output is None or not spec.output.exists(), f"stages.{spec.stage} failed but left {spec.output}"
 
 
@@ -707,6 +762,67 @@ def test_unreadable_masks_are_left_unlabelled_for_check_dataset(pipeline: Pipeli
     files = {p.file: p.problem for p in check_index(index) if p.file}
     assert BOMB_PROBLEM in files[str(_mask(root, bomb))]
     assert "cannot read mask" in files[str(_mask(root, cut))]
+
+
+def test_truncated_checkpoint_resumes_from_the_previous_one(pipeline: Pipeline, tmp_path: Path, capfd) -> None:
+    """train_cam finds its latest checkpoint truncated: the log says so, and the previous one
+    (kept beside it as checkpoint.prev.pt) is resumed."""
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    shutil.copy(pipeline.model.parent / "checkpoint.pt", previous)  # the pipeline's 2-step state
+    _copy(pipeline.model.parent / "checkpoint.pt", latest, truncate=True)
+    stage_main("train_cam", cam_train_args(pipeline.index, tmp_path, steps=2))
+    log = capfd.readouterr().err
+    assert f"{latest}: not a readable checkpoint, truncated or damaged" in log
+    assert f"resuming from {previous} at step 2/2" in log
+    assert (tmp_path / "model.pt").is_file() and not latest.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk while a stage writes: one line naming the file and what to do, nothing half-written
+
+_ON_SMALL_DISK = """mnt=$1 size=$2; shift 2
+mount -t tmpfs -o "size=$size" tmpfs "$mnt" || exit 99
+"$@"; rc=$?
+echo "left on the disk: $(ls -A "$mnt")"
+exit $rc"""
+
+
+def on_small_disk(folder: Path, size: str, *cmd: object) -> subprocess.CompletedProcess:
+    """``cmd`` with a tmpfs of ``size`` mounted on ``folder``, in a mount namespace of its own
+    (``unshare -rm``: no root needed, nothing to unmount); stdout ends with what it left there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["unshare", "-rm", "sh", "-c", _ON_SMALL_DISK, "sh", folder, size, *map(str, cmd)],
+                          cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_disks(tmp_path_factory) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small tmpfs")
+    probe = on_small_disk(tmp_path_factory.mktemp("probe"), "64k", "true")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+
+
+FULL_DISK_WRITES = {  # what is written -> (stage, tmpfs size, its arguments, the output it fails on)
+    "torch_checkpoint": ("train_cam", "1m", lambda p, d: cam_train_args(p.index, d, steps=1), "checkpoint.pt"),
+    "hdf5_cam_file": ("infer_cam", "16k", lambda p, d: _infer_args(p, p.model, d / "cams.h5"), "cams.h5"),
+    "label_pngs": ("pseudo_labels", "32k", lambda p, d: _pseudo_label_args(p, p.cams, d / "pseudo"), "pseudo"),
+}
+
+
+@pytest.mark.parametrize("write", FULL_DISK_WRITES)
+def test_full_disk_is_one_line_naming_the_file(pipeline: Pipeline, small_disks: None, tmp_path: Path,
+                                               write: str) -> None:
+    stage, size, make_args, output = FULL_DISK_WRITES[write]
+    disk = tmp_path / "disk"
+    proc = on_small_disk(disk, size, sys.executable, "-m", f"stages.{stage}", *make_args(pipeline, disk))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    first = next(line for line in proc.stderr.splitlines() if line.startswith(f"{stage}: error: "))
+    assert first == (f"{stage}: error: {disk / output}: no space left on the device while writing it; "
+                     f"free space (df -h {disk}) and rerun")
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.splitlines()[-1] == "left on the disk: ", "a half-written file was left behind"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,3 +76,27 @@ def test_image_labels_of_the_wrong_json_type_are_named(tmp_path: Path, labels: o
     with pytest.raises(errors.InputError,
                        match=rf"image_labels.json: the labels of '{first}' are {re.escape(shown)}, not a list"):
         read_voc_folder(tmp_path / "toy", "json")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+@pytest.mark.parametrize("writer", ["python", "torch.save"])
+def test_a_full_disk_met_outside_the_atomic_writers_is_one_line(writer: str) -> None:
+    """Writes through ``atomic_path`` name their file (tests/test_bad_input.py, on a small tmpfs);
+    any other write that meets a full device (here /dev/full, for real) is still bad input, not a
+    defect: one line, exit 2, whatever the library wrapped ENOSPC in (torch: a RuntimeError)."""
+    import torch
+
+    def write() -> None:
+        with open("/dev/full", "wb") as f:
+            if writer == "python":
+                f.write(b"x")
+            else:
+                torch.save({"w": torch.zeros(1000)}, f)
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as info:
+        errors.run_stage(write, "demo")
+    assert info.value.code == 2
+    assert stderr.getvalue().splitlines() == [
+        "demo: error: an output file: no space left on the device while writing it; free space "
+        "(df -h <output folder>) and rerun", f"({errors.DEBUG_VARIABLE}=1 shows the traceback)"]

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.runtime.distributed import DistContext
 from stages.runtime.hooks import StepContext, TrainHooks
@@ -118,3 +119,47 @@ def test_sampler_gives_a_step_the_same_images_on_any_process_count() -> None:
     one = EpochBatchSampler(12, 2, 2, seed=3, epoch=1, rank=0, world=1).batches
     for step in range(3):
         assert sorted(two[0][step] + two[1][step]) == sorted(one[2 * step] + one[2 * step + 1])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_damaged_checkpoint_resumes_from_the_previous_one(tmp_path: Path, capsys, damage: str) -> None:
+    """The file a save replaces is kept as <name>.prev.pt until the last step: a latest checkpoint
+    found truncated (or missing: a kill between the two renames) resumes from it, to the weights of
+    an uninterrupted run."""
+    whole, _ = train(tmp_path, LeastSquares(), name="whole")
+    assert not (tmp_path / "whole.prev.pt").exists(), "a finished run keeps no previous checkpoint"
+    with pytest.raises(NonFiniteLossError):
+        train(tmp_path, LeastSquares(bad_calls={5}), name="cut")  # stops after step 4
+    latest, previous = tmp_path / "cut.pt", tmp_path / "cut.prev.pt"
+    assert load_checkpoint(latest)["step"] == 4 and load_checkpoint(previous)["step"] == 3
+    if damage == "truncated":
+        _truncate(latest)
+    else:
+        latest.unlink()
+    capsys.readouterr()
+
+    resumed, rows = train(tmp_path, LeastSquares(), name="cut")
+    log = capsys.readouterr().err
+    if damage == "truncated":
+        assert f"{latest}: not a readable checkpoint, truncated or damaged" in log
+        assert f"it is removed, and the previous checkpoint {previous} used instead" in log
+    assert f"resuming from {previous} at step 3/6" in log
+    assert torch.equal(_weights(resumed), _weights(whole))
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert load_checkpoint(latest)["step"] == 6 and not previous.exists()
+
+
+def test_no_readable_checkpoint_names_the_files_to_delete(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError):
+        train(tmp_path, LeastSquares(bad_calls={3}), name="cut")
+    latest, previous = tmp_path / "cut.pt", tmp_path / "cut.prev.pt"
+    _truncate(latest)
+    _truncate(previous)
+    with pytest.raises(InputError, match=rf"no readable training state is left to resume: delete them "
+                                         rf"\(rm {latest} {previous}\) and rerun to train from step 0"):
+        train(tmp_path, LeastSquares(), name="cut")
+    assert latest.exists() and previous.exists(), "files are deleted by the user, not behind their back"

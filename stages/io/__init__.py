@@ -1,1 +1,1 @@
-"""File formats: atomic writes, label PNGs, CAM store, checkpoints."""
+"""File formats: atomic writes, label PNGs, CAM store, checkpoints, tensor files read without trusting them."""

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from stages.errors import no_space_cause, no_space_error
+
 _TEMP_NAME = re.compile(r"\..+\.tmp[0-9]+")
 
 
@@ -63,18 +65,49 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write to; rename it onto ``path`` only if the block succeeds."""
+def _named_when_disk_full(target: Path) -> Iterator[None]:
+    """Turn a full disk met while writing ``target`` into one ``NoSpaceError`` naming it; for a
+    folder written by ``atomic_dir``, the folder rather than a file inside its temporary."""
+    try:
+        yield
+    except Exception as exc:
+        cause = no_space_cause(exc)
+        if cause is None:
+            raise
+        raise no_space_error(target, cause) from exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, previous: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write to; rename it onto ``path`` only if the block succeeds.
+
+    ``previous``: where the file it replaces is kept (a hard link or a rename, no copy), instead
+    of being dropped. A full disk is reported as ``NoSpaceError`` naming ``path``, whatever the
+    writer raised.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
     tmp = temp_path_for(final)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with _named_when_disk_full(final):
+            yield tmp
+            if previous is not None and final.exists():
+                _keep_as(final, Path(previous))
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """Keep ``path``'s current file under ``previous`` too: a hard link, so that ``path`` never goes
+    missing until it is replaced; a rename where the file system has no hard links."""
+    previous.unlink(missing_ok=True)
+    try:
+        os.link(path, previous)
+    except OSError:
+        os.replace(path, previous)
 
 
 def publish_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -97,7 +130,8 @@ def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_path_for(final)
     tmp.mkdir()
     try:
-        yield tmp
+        with _named_when_disk_full(final):
+            yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -214,6 +214,17 @@ def remove_shards(path: str | os.PathLike) -> list[Path]:
     return shards
 
 
+def _free_space_on_error(tmp: Path) -> Callable[..., bool]:
+    """An exit callback that empties the temporary file when the block failed: it is discarded
+    anyway, and on a full disk HDF5 can then close it (a file it cannot close crashes the
+    interpreter at exit)."""
+    def free(exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc_type is not None:
+            os.truncate(tmp, 0)
+        return False
+    return free
+
+
 class CamWriter:
     """Streams entries into a temporary file and renames it onto ``path`` on a clean exit.
 
@@ -231,16 +242,26 @@ class CamWriter:
         self._count = 0
 
     def __enter__(self) -> "CamWriter":
-        tmp = self._stack.enter_context(atomic_path(self.path))
-        self._file = self._stack.enter_context(h5py.File(tmp, "w"))
-        self._file.attrs.update(self.meta.to_attrs())
-        self._group = self._file.create_group(GROUP)
+        with contextlib.ExitStack() as stack:  # unwound if the file cannot be begun (a full disk)
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._file = stack.enter_context(h5py.File(tmp, "w"))
+            stack.push(_free_space_on_error(tmp))  # runs before the file is closed
+            self._file.attrs.update(self.meta.to_attrs())
+            self._group = self._file.create_group(GROUP)
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        failed = None
         if exc_type is None and self._file is not None:
-            self._file.attrs["num_images"] = self._count
+            try:
+                self._file.attrs["num_images"] = self._count
+                self._file.flush()  # a full disk fails here rather than in a close that cannot finish
+            except Exception as error:
+                failed, exc_type, exc, tb = error, type(error), error, error.__traceback__
         suppressed = self._stack.__exit__(exc_type, exc, tb)
+        if failed is not None:
+            raise failed
         if exc_type is None and not _SHARD_NAME.fullmatch(self.path.name):
             stale = remove_shards(self.path)
             if stale:
@@ -273,6 +294,7 @@ class CamWriter:
         ds = self._group.create_dataset(image_id, data=data)
         ds.attrs["class_indices"] = idx
         ds.attrs["height"], ds.attrs["width"] = cams.shape[1], cams.shape[2]
+        ds.id.flush()  # a full disk fails here, not later as an error HDF5 can only print
         self._count += 1
 
     def copy_entries(self, reader: "CamReader") -> None:

@@ -26,13 +26,16 @@ def _storage_from_bytes(data: bytes) -> object:
     torch's restricted loader: torch's own helper runs ``torch.load(weights_only=False)``."""
     import torch  # only files that hold tensors (IRN's) need it
 
+    from stages.io.tensor_files import reason, refused_global
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "TypedStorage is deprecated")
         try:
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as exc:  # its message advises weights_only=False: not ours to give
-            reason = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "")
-            raise pickle.UnpicklingError(f"torch's weights-only loader refused a tensor's bytes: {reason}") from None
+            name = refused_global(exc)
+            why = f"they name {name}" if name else reason(exc)
+            raise pickle.UnpicklingError(f"torch's weights-only loader refused a tensor's bytes: {why}") from None
 
 
 def _rebuild_tensor(*args: object) -> object:

@@ -14,6 +14,7 @@ import timm
 from torch import nn
 
 from stages.errors import InputError, MissingInputError
+from stages.io.tensor_files import load_tensor_file
 from stages.models import efficientnet_lite0, mit
 from stages.models.matmul_conv import use_matmul_convs
 from stages.models.weight_names import EFFICIENTNET_LITE0_IMAGENET, WEIGHT_SUFFIXES
@@ -56,8 +57,14 @@ def _from_file(name: str, path: Path) -> nn.Module:
                                 f"{EFFICIENTNET_LITE0_IMAGENET!r} or an existing {'/'.join(WEIGHT_SUFFIXES)} file)")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise InputError(f"backbone weights file {path}: expected a {'/'.join(WEIGHT_SUFFIXES)} file")
+    # Read here first (a torch zip file only mapped, cheaply) so that a damaged, misnamed or refused
+    # file is named as such; timm reads it again to apply its own key filters.
+    load_tensor_file(path, "weights file", "get the file again", lazy=True)
     try:
         return timm.create_model(name, features_only=True, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(path)))
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise InputError(f"backbone weights file {path} does not fit backbone {name!r}: {exc}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        more = f" ({len(lines) - 2} more lines)" if len(lines) > 2 else ""
+        raise InputError(f"backbone weights file {path} does not fit backbone {name!r}: "
+                         f"{' '.join(lines[:2])}{more}") from exc

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.errors import InputError, MissingInputError
+from stages.io.tensor_files import load_tensor_file
 
 EMBED_DIMS = {"mit_b0": (32, 64, 160, 256), "mit_b1": (64, 128, 320, 512)}
 DEPTHS = (2, 2, 2, 2)  # both B0 and B1
@@ -195,10 +196,7 @@ def load_mit_weights(model: MixTransformer, path: str | os.PathLike) -> None:
     if not path.is_file():
         raise MissingInputError(f"MiT weights file {path} not found (weights must be 'none' or a "
                                 f"local copy of SegFormer's {model.name[:6]}.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read MiT weights ({exc})") from exc
+    state = load_tensor_file(path, "MiT weights file", "get the file again")
     if isinstance(state.get("state_dict"), dict):  # files saved by mmcv's trainers nest it
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("head.")}

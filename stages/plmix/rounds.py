@@ -198,7 +198,9 @@ def run_rounds(net: CAMNet, index: DatasetIndex, split: str, eval_split: str, st
     state = RoundState(len(done), done[-1]["eval_threshold"] if done else start[0],
                        [{"round": 0, "eval_threshold": start[0], "eval_miou": start[1]}] + done)
     if done:
-        net.load_state_dict(load_checkpoint(store.round_dir(len(done)) / "model.pt")["model"])
+        last = store.round_dir(len(done))
+        redo = f"delete {last} to redo round {len(done)}"
+        net.load_state_dict(load_checkpoint(last / "model.pt", remedy=redo)["model"])
         if ctx.is_main:
             print(f"resuming after round {len(done)} (camT {state.threshold:.3f})", file=sys.stderr)
     net.to(ctx.device)

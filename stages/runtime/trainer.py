@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from stages.errors import InputError
 from stages.io.atomic import atomic_path
-from stages.io.checkpoint import load_checkpoint, save_checkpoint
-from stages.runtime.distributed import DistContext, autocast
+from stages.io.checkpoint import load_resumable, save_checkpoint
+from stages.runtime.distributed import DistContext, autocast, barrier
 from stages.runtime.hooks import NonFiniteStep, Optimization, StepContext, TrainHooks, check_finite
 from stages.runtime.progress import progress_bar
 from stages.runtime.sampling import EpochBatchSampler, repeat_factors, steps_per_epoch
@@ -143,7 +143,8 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
                collate_fn: Callable | None = None, state_dir: Path | None = None,
                output_dir: Path | None = None,
                image_classes: Sequence[Sequence[int]] | None = None) -> list[dict[str, Any]]:
-    """Run until ``settings.steps``; resume from ``checkpoint_path`` if it exists. Returns the metric rows.
+    """Run until ``settings.steps``; resume from ``checkpoint_path`` if it exists (or from the
+    previous checkpoint, kept beside it until the last step, when it is damaged). Returns the metric rows.
 
     ``model`` is the bare module; it is wrapped in DDP here when the process group has several
     ranks. ``meta`` (backbone, classes, hyperparameters) goes into every checkpoint; a checkpoint
@@ -162,8 +163,13 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
     optimizations = hooks.configure_optimizers(model, settings)
     meta = {**meta, "checkpoint_format": CHECKPOINT_FORMAT}
     step, rows, skipped = 0, [], 0
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
+    resume = load_resumable(checkpoint_path)
+    if resume is not None:
+        state = resume.state
+        if ctx.is_main:
+            for problem in resume.damaged.values():
+                print(f"{problem}; it is removed, and the previous checkpoint {resume.source} used instead",
+                      file=sys.stderr)
         if state.get("meta") == meta:
             model.load_state_dict(state["model"])
             for o, opt_state, sched_state in zip(optimizations, state["optimizers"], state["schedulers"]):
@@ -173,10 +179,15 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
             hooks.load_state_dict(state["hooks"])
             step, skipped, rows = state["step"], state["skipped"], state["rows"]
             if ctx.is_main:
-                print(f"resuming from {checkpoint_path} at step {step}/{settings.steps}", file=sys.stderr)
+                print(f"resuming from {resume.source} at step {step}/{settings.steps}", file=sys.stderr)
         elif ctx.is_main:
             # The workflow re-runs a stage when its parameters change: start over, don't resume.
-            print(f"{checkpoint_path} was made with other settings; starting from step 0", file=sys.stderr)
+            print(f"{resume.source} was made with other settings; starting from step 0", file=sys.stderr)
+        if resume.damaged:
+            barrier(ctx)  # every rank has read the good file; the next save keeps it as the previous
+            if ctx.is_main:
+                for bad in resume.damaged:
+                    bad.unlink()
     net = _wrap(model, hooks, ctx)
 
     def checkpoint() -> None:
@@ -185,14 +196,15 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
             save_checkpoint(checkpoint_path, {
                 "model": model.state_dict(), "optimizers": [o.optimizer.state_dict() for o in optimizations],
                 "schedulers": [o.scheduler.state_dict() for o in optimizations], "torch_rng": rng,
-                "hooks": hooks.state_dict(), "step": step, "skipped": skipped, "rows": rows, "meta": meta})
+                "hooks": hooks.state_dict(), "step": step, "skipped": skipped, "rows": rows, "meta": meta},
+                keep_previous=step < settings.steps)
 
     spe = steps_per_epoch(len(dataset), settings.batch_size, ctx.world_size, accumulation)
     weights = _sample_weights(settings, image_classes, len(dataset), ctx)
     sctx = StepContext(step, settings.steps, ctx, optimizations, state_dir, output_dir, accumulation)
     bar = progress_bar(total=settings.steps, initial=step, disable=not ctx.is_main, desc="train", unit="step")
     net.train()
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, bar:  # the bar ends its line even when a step fails: errors start a line
         while step < settings.steps:
             epoch, start = divmod(step, spe)
             sctx.step = step
@@ -261,7 +273,6 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
                     raise Interrupted()
                 if step >= settings.steps or callback:
                     break  # a callback may have changed the data: rebuild the loader
-    bar.close()
     if not all_finite(model):
         raise NonFiniteLossError(f"training ended with non-finite weights; {checkpoint_path} kept")
     sctx.step = step
