@@ -15,7 +15,8 @@ TRUNK = {"prepare_dataset", "check_dataset", "train_cam", "infer_cam", "eval_cam
 
 def test_default_config_plans_the_whole_dag(tmp_path):
     jobs = planned_jobs(tmp_path, REPO / "config.yaml")
-    assert TRUNK | {"refine_plmix", "scribbles", "train_seg", "evaluate", "summary", "browse", "devices", "all"} == set(jobs)
+    views = {"summary", "browse", "devices", "all"}
+    assert TRUNK | {"refine_plmix", "scribbles", "train_seg", "evaluate"} | views == set(jobs)
     # raw and PL-Mix CAMs: each refinement has its own CAM file and pseudo labels (PL-Mix writes
     # its CAM file with its network: infer_cam runs once); one segmenter per method (ce on each
     # refinement, ugrl, rss, eil)

@@ -322,7 +322,8 @@ def refinements_of(*methods):
 
 def imported_folder(wildcards):
     """An imported refinement's folder; one that is not there is refused naming the key, but only
-    when an import job is planned (a user may run the dataset rules first to learn the ids)."""
+    when an import job is planned (a user may run the dataset rules first to learn the ids).
+    """
     path = REFINEMENTS[wildcards.refinement]["path"]
     if not os.path.isdir(path):
         raise ValueError(
