@@ -92,6 +92,8 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     model = method.build_model(spec, inputs)
     if args.init_from_cam is not None:
         init_backbone_from_cam(model.backbone, spec.backbone, args.init_from_cam)
+        if hasattr(model, "init_cam_head"):  # a method whose network has a CAM head of its own (ugrl)
+            model.init_cam_head(args.init_from_cam)
     if args.init_from_model is not None:
         init_from_segmenter(model, args.init_from_model)
     if ctx.distributed and ctx.on_gpu:

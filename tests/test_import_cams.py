@@ -293,9 +293,9 @@ def test_imported_cams_run_pseudo_labels_and_a_variant_end_to_end(tmp_path):
                           pseudo_labels={"crf": {"iterations": 1}},
                           evaluation={"scales": [1.0], "flip": False, "panels": 1})
 
+    foreign.mkdir()  # empty while the dataset rules run: the ids are known only then
     snakemake(tmp_path, "--cores", "2", "results/dataset/index.checked.json", config=cfg)
     index = DatasetIndex.load(tmp_path / "results/dataset/index.checked.json")
-    foreign.mkdir()
     for image_id in index.ids(SPLIT):  # good CAMs: the objects' masks, softened
         mask = read_label(index.mask_path(image_id, SPLIT))
         save_pickle(foreign / f"{image_id}.npy",

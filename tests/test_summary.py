@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -180,14 +181,22 @@ def test_ugrl_and_eil_reports_become_tables(tmp_path: Path) -> None:
     nan = float("nan")
     history = [{"step": s, "counts": [9.0, 10.0, 15.0, 20.0], "u": [0.1, 0.2 * s, nan if s == 4 else 0.05]}
                for s in range(1, 5)]
-    write_outputs(history, ["background", "cat", "dog"], ugrl)
+    # sampled pixels: cat's certain half right, its uncertain half wrong; background right throughout
+    n = 60
+    samples = np.c_[np.r_[np.zeros(n), np.ones(n)], np.r_[np.linspace(0, 1, n), np.linspace(0, 1, n)],
+                    np.r_[np.ones(n), np.arange(n) >= n // 2], np.r_[np.arange(n) >= 48, np.arange(n) >= 48]]
+    write_outputs(history, ["background", "cat", "dog"], ugrl, samples, np.eye(3))
     write_table([{"round": 0, "step": 0, "precision": 0.95, "coverage": 0.05},
                  {"round": 1, "step": 3, "radius": 15.0, "reward": 0.2, "adopted": 0.5, "pixels_added": 100,
                   "precision": 0.9, "coverage": 0.3}], eil)
     md = diagnostics.diagnostics_markdown({"ce": tmp_path / "missing", "ugrl": ugrl, "eil": eil})
-    assert "| variant | steps | pool_precision | labelled_precision | pool_share | most_uncertain_at_end |" in md
-    # last quarter of 4 steps = step 4: dog has no value there and is not named
-    assert "| ugrl | 4 | 0.9000 | 0.7500 | 0.5000 | cat 0.80, background 0.10 |" in md
+    assert ("| variant | steps | pool_precision | labelled_precision | pool_share | auroc | top20 | bottom20 | "
+            "classes_pool_better | most_uncertain_at_end |") in md
+    # last quarter of 4 steps = step 4: dog has no value there and is not named. Ranked within their
+    # class, cat's right pixels sit above its wrong ones (900 pairs ordered) and background's (all
+    # right) everywhere (1350 of 1800 pairs ordered, ties half): AUROC 2250 / 2700 = 5/6
+    assert "| ugrl | 4 | 0.9000 | 0.7500 | 0.5000 | 0.8333 | 1.0000 | 0.5000 | 1/2 | cat 0.80, background 0.10 |" in md
+    assert (ugrl / "mechanism.png").is_file() and (ugrl / "prototype_cosine.csv").is_file()
     assert "| variant | round | step | precision | coverage | adopted |" in md
     assert "| eil | 0 | 0 | 0.9500 | 0.0500 |  |" in md
     assert "| eil | 1 | 3 | 0.9000 | 0.3000 | 0.5000 |" in md

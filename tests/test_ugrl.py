@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -20,15 +21,17 @@ from conftest import REPO, TINY_CONFIG, pipeline_env, sigkill_when, stage_argv, 
 from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
+from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.io.label_png import IGNORE
 from stages.methods.base import TrainInputs
 from stages.methods.ce import masked_cross_entropy
 from stages.methods.registry import get_method, load_trained_model, missing_inputs
 from stages.methods.ugrl import weighted_cross_entropy
-from stages.methods.ugrl.contrast import affinity_loss, random_pool, reliable_pool, sample_pool, supervised_infonce
+from stages.methods.ugrl.contrast import affinity_loss, reliable_pool, sample_pool, supervised_infonce
+from stages.methods.ugrl.diagnostics import auroc, decile_precision, mechanism_table, pixel_sample
 from stages.methods.ugrl.par import cam_targets, denormalise, normalised_cams, par_refine
-from stages.methods.ugrl.uncertainty import PrototypeBank, class_vectors, uncertainty_weights
+from stages.methods.ugrl.uncertainty import PixelPrototypes, PrototypeBank, class_vectors, uncertainty_weights
 from stages.models.segmenter import SegmenterSpec
 from stages.runtime.distributed import DistContext
 from stages.runtime.hooks import StepContext
@@ -80,13 +83,34 @@ def test_class_vectors_weight_features_by_scores() -> None:
     assert torch.allclose(vectors, torch.tensor([[[1.0, 0.0], [2.0, 5.0]]]))
 
 
-def test_pixel_uncertainty_ranks_pixels_by_their_prototype_distance() -> None:
-    bank = identity_bank(num_classes=2, dim=2, eta=0.9)
-    bank.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    features = torch.tensor([[[[1.0, 1.0, 0.0]], [[0.0, 1.0, 1.0]]]])  # x, diagonal, y
-    label = torch.tensor([[[0, 0, IGNORE]]])
-    u = bank.pixel_uncertainty(features, label)
-    assert torch.allclose(u, torch.tensor([[[0.0, 1 - math.sqrt(0.5), 2.0]]]), atol=1e-6)
+def test_pixel_certainty_is_the_margin_to_the_best_other_present_class() -> None:
+    pixels = PixelPrototypes(num_classes=3, dim=2, eta=0.9)
+    pixels.update(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), torch.zeros(2))  # mean stays 0
+    features = torch.tensor([[[[1.0, 1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0, 0.0]]]])  # x, diagonal, y, x
+    label = torch.tensor([[[0, 0, 1, IGNORE]]])
+    present = torch.tensor([[True, True, False]])  # class 2 (opposite to x) is not in the image
+    c = pixels.certainty(features, label, present)
+    assert torch.allclose(c[..., :3], torch.tensor([[[1.0, 0.0, 1.0]]]), atol=1e-6)  # cos(own) - cos(rival)
+    assert c[0, 0, 3] == -math.inf  # unlabelled
+    alone = pixels.certainty(features, label, torch.tensor([[True, False, False]]))
+    assert torch.isclose(alone[0, 0, 0], torch.tensor(2.0))  # no rival: the margin against cos -1
+
+
+def test_pixel_prototypes_are_a_bias_corrected_ema_of_centred_features() -> None:
+    """The first batch (an untrained decoder) fades like any other: after two batches the
+    prototype is their eta-weighted mean, not the first one's seed."""
+    pixels = PixelPrototypes(num_classes=1, dim=2, eta=0.5)
+    pixels.update(torch.tensor([[1.0, 0.0]]), torch.tensor([2.0, 2.0]))
+    assert torch.allclose(pixels.prototypes(), torch.tensor([[1.0, 0.0]])) and torch.allclose(pixels.mean,
+                                                                                             torch.tensor([2.0, 2.0]))
+    pixels.update(torch.tensor([[0.0, 3.0]]), torch.tensor([4.0, 0.0]))
+    # sums 0.25 x + 0.5 y over weights 0.25 + 0.5: the first batch weighs a third, not a half plus
+    assert torch.allclose(pixels.prototypes(), F.normalize(torch.tensor([[0.25, 0.5]]), dim=-1))
+    assert torch.allclose(pixels.mean, torch.tensor([(0.25 * 2 + 0.5 * 4) / 0.75, (0.25 * 2) / 0.75]))
+    # class vectors are taken of centred features: a feature equal to the mean has no direction
+    features = pixels.mean[None, :, None, None].expand(1, 2, 2, 2).clone()
+    sums, _ = pixels.batch_sums(features, torch.ones(1, 1, 2, 2), torch.tensor([[True]]), CPU)
+    assert torch.equal(sums, torch.zeros(1, 2))
 
 
 # ---- ULM: the weighting math -----------------------------------------------------------------
@@ -106,6 +130,23 @@ def test_weighted_cross_entropy_math() -> None:
     assert weighted_cross_entropy(logits, label, weight) < masked_cross_entropy(logits, label)
 
 
+def test_normalised_weights_move_weight_between_pixels_at_the_same_step_size() -> None:
+    """normalise_weights: the batch's labelled pixels weigh 1 on average, however uncertain."""
+    method = get_method("ugrl", {"d_cls": 8, "d_seg": 8, "contrastive": False})
+    torch.manual_seed(0)
+    logits, label = torch.zeros(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+    label[0, 0] = IGNORE
+    u = torch.tensor([0.0, 0.5, 1.5])
+    picked = {"label": label, "small": label, "pool": label != IGNORE, "certainty": torch.zeros(1, 4, 4)}
+    out = {"seg_logits": logits, "features": torch.zeros(1, 4, 2, 2), "affinity": torch.full((1, 4, 4), 0.5)}
+    terms, _, _ = method.segmentation_losses(out, picked, torch.full_like(label, IGNORE), u)
+    # uniform logits: every pixel's CE is log 3, so a mean weight of 1 gives exactly log 3
+    assert torch.isclose(terms["seg"], torch.tensor(math.log(3)))
+    raw = get_method("ugrl", {"d_cls": 8, "d_seg": 8, "contrastive": False, "normalise_weights": False})
+    terms, _, _ = raw.segmentation_losses(out, picked, torch.full_like(label, IGNORE), u)
+    assert terms["seg"] < math.log(3) - 0.1
+
+
 def test_classification_weights_per_class() -> None:
     logits, targets = torch.randn(4, 3), torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
     u = torch.tensor([0.0, 0.5, 2.0])
@@ -122,14 +163,18 @@ def test_reliable_pool_takes_k_percent_of_labelled_pixels_per_image() -> None:
                           [[2, 2, IGNORE, 0, 1, IGNORE]]])
     uncertainty = torch.tensor([[[0.9, 0.1, 0.5, 0.3, 0.0, 0.0]],
                                 [[0.2, 0.8, 0.0, 0.4, 0.1, 0.0]]])
-    pool = reliable_pool(uncertainty, label, 50)
+    pool = reliable_pool(uncertainty, label, 50, per_class=False)
     # image 0: 4 labelled -> 2 (0.1, 0.3); image 1: 4 labelled -> 2 (0.1, 0.2); IGNORE never, even at 0.0
     assert pool.tolist() == [[[False, True, False, True, False, False]],
                              [[True, False, False, False, True, False]]]
-    assert reliable_pool(uncertainty, label, 35).sum(dim=(1, 2)).tolist() == [2, 2]  # ceil(1.4)
-    assert reliable_pool(uncertainty, label, 100).tolist() == (label != IGNORE).tolist()
+    assert reliable_pool(uncertainty, label, 35, per_class=False).sum(dim=(1, 2)).tolist() == [2, 2]  # ceil(1.4)
+    for per_class in (False, True):
+        assert reliable_pool(uncertainty, label, 100, per_class).tolist() == (label != IGNORE).tolist()
+    # per class: ceil(50%) of each class of each image; image 1's classes 0 and 1 have one pixel each
+    assert reliable_pool(uncertainty, label, 50).tolist() == [[[False, True, False, True, False, False]],
+                                                              [[True, False, False, True, True, False]]]
     torch.manual_seed(0)
-    drawn = random_pool(label, 50)
+    drawn = reliable_pool(torch.rand(label.shape), label, 50, per_class=False)
     assert drawn.sum(dim=(1, 2)).tolist() == [2, 2] and not (drawn & (label == IGNORE)).any()
     chosen = sample_pool(drawn, 3)
     assert len(chosen) == 3 and drawn.flatten()[chosen].all() and len(set(chosen.tolist())) == 3
@@ -280,7 +325,11 @@ def test_online_mode_trains_from_its_own_cams_and_reports(toy, tmp_path: Path) -
         assert model(torch.randn(1, 3, 37, 45)).shape == (1, len(classes), 37, 45)
     outputs = tmp_path / "outputs"
     assert {p.name for p in outputs.iterdir()} >= {"class_uncertainty.csv", "class_uncertainty.png",
-                                                  "pool_precision.csv", "pool_precision.png"}
+                                                  "pool_precision.csv", "pool_precision.png", "mechanism.csv",
+                                                  "mechanism.png", "prototype_cosine.csv"}
+    mechanism = pd.read_csv(outputs / "mechanism.csv")
+    assert mechanism["class"].iloc[0] == "all" and mechanism["pixels"].iloc[0] > 0
+    assert mechanism.loc[0, "pool_share"] < 1  # steps 3-4: the pool is K% of the labelled pixels
     u = pd.read_csv(outputs / "class_uncertainty.csv")
     assert list(u.columns) == ["step", *classes] and len(u) == 4
     precision = pd.read_csv(outputs / "pool_precision.csv", index_col="step")
@@ -294,11 +343,14 @@ def test_ground_truth_never_reaches_the_losses(toy) -> None:
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 3, 48, 48), "label": torch.randint(0, 3, (2, 48, 48)),
              "labels": torch.tensor([[1.0, 1.0], [1.0, 0.0]]), "gt": torch.randint(0, 3, (2, 48, 48))}
+    torch.manual_seed(1)
     first = method.training_step(net, batch, ctx)
+    torch.manual_seed(1)  # the same random draws (the pool's order of classes without a prototype yet)
     other = method.training_step(net, {**batch, "gt": torch.full((2, 48, 48), 2)}, ctx)
     for key in ("loss", "cls", "seg", "contrast", "aux"):
         assert torch.equal(first[key], other[key]), key
-    assert not torch.equal(method.pending[0][1], method.pending[1][1]), "the report's counts do read it"
+    assert not torch.equal(method.pending[0][2], method.pending[1][2]), "the report's counts do read it"
+    assert not torch.equal(method.pending[0][3], method.pending[1][3]), "and so does its pixel sample"
 
 
 def test_resume_after_sigkill_keeps_the_prototypes(toy, tmp_path: Path) -> None:
@@ -322,8 +374,10 @@ def test_resume_after_sigkill_keeps_the_prototypes(toy, tmp_path: Path) -> None:
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     pd.testing.assert_frame_equal(pd.read_csv(whole / "metrics.csv").drop(columns=TIMING_COLUMNS),
                                   pd.read_csv(killed / "metrics.csv").drop(columns=TIMING_COLUMNS))
-    pd.testing.assert_frame_equal(pd.read_csv(whole / "outputs" / "pool_precision.csv"),
-                                  pd.read_csv(killed / "outputs" / "pool_precision.csv"))
+    for name in ("pool_precision.csv", "mechanism.csv", "prototype_cosine.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(whole / "outputs" / name), pd.read_csv(killed / "outputs" / name))
+    assert torch.equal(a["hooks"]["samples"], b["hooks"]["samples"])
+    assert torch.equal(a["hooks"]["pixels"]["sums"], b["hooks"]["pixels"]["sums"])
 
 
 def test_torchrun_two_processes_with_warm_up(toy, tmp_path: Path) -> None:
@@ -372,3 +426,57 @@ def test_tiny_config_has_a_cheap_ugrl_variant() -> None:
     variant = yaml.safe_load(TINY_CONFIG.read_text())["variants"]["ugrl"]
     assert variant["method"] == "ugrl" and variant["pseudo_labels"] in ("plmix", "none")
     assert variant.get("warmup_steps", 0) >= 1
+
+
+# ---- diagnostics: does the certainty rank label correctness? ----------------------------------
+
+def test_auroc_and_decile_precision_on_hand_made_scores() -> None:
+    right = np.array([False, False, True, True])
+    assert auroc(np.array([0.1, 0.2, 0.3, 0.4]), right) == 1.0
+    assert auroc(np.array([0.4, 0.3, 0.2, 0.1]), right) == 0.0
+    assert auroc(np.array([0.5, 0.5, 0.5, 0.5]), right) == 0.5  # ties count half
+    assert auroc(np.array([0.1, 0.3, 0.2, 0.4]), right) == 0.75  # 3 of 4 pairs ordered
+    assert math.isnan(auroc(np.ones(3), np.ones(3, bool)))
+    certainty = np.arange(20.0)
+    assert decile_precision(certainty, certainty >= 10) == [0.0] * 5 + [1.0] * 5
+
+
+def test_mechanism_table_ranks_within_each_class() -> None:
+    """Two classes whose certainties do not overlap: within each, the certain half is right and the
+    uncertain half wrong. Per class the ranking is perfect (AUROC 1) whatever the classes' levels."""
+    n = 100
+    frame = pd.DataFrame({"label": [0] * n + [1] * n,
+                          "certainty": np.r_[np.linspace(0.5, 1, n), np.linspace(-1, -0.5, n)],
+                          "right": np.r_[np.arange(n) >= n // 2, np.arange(n) >= n // 2]})
+    frame["pool"] = np.r_[np.arange(n) >= 80, np.arange(n) >= 80]  # each class's most certain 20%
+    table = mechanism_table(frame, ["background", "cat"]).set_index("class")
+    assert list(table.index) == ["all", "background", "cat"]
+    assert (table["auroc"] == 1.0).all()  # "all" ranks within classes too: the levels do not count
+    assert (table["precision_top20"] == 1).all() and (table["precision_bottom20"] == 0).all()
+    assert table.loc["cat", "pool_share"] == 0.5 and table.loc["all", "pool_share"] == 0.2
+    assert table.loc["cat", "pool_precision"] == 1.0 and table.loc["cat", "outside_precision"] == 30 / 80
+    assert table.loc["all", "precision_d1"] == 0 and table.loc["all", "precision_d10"] == 1
+
+
+def test_pixel_sample_takes_every_kept_pixel_or_an_even_stride() -> None:
+    label = torch.arange(10).view(1, 2, 5)
+    keep = label % 2 == 0
+    rows = pixel_sample(label, label.float() / 10, keep, keep, keep)
+    assert rows[:, 0].tolist() == [0, 2, 4, 6, 8] and rows.dtype == torch.float16
+    assert pixel_sample(label, label.float(), keep, keep, keep, limit=3)[:, 0].tolist() == [0, 4, 8]
+
+
+def test_oracle_pool_takes_right_labels_first_and_needs_masks() -> None:
+    """ORACLE: the pool holds labels that agree with ground truth before any wrong one."""
+    method = get_method("ugrl", {"d_cls": 16, "d_seg": 8, "pool": "oracle", "k_percent": 50, "contrastive": False})
+    assert "gt_masks" in method.needs
+    net = method.build_model(SegmenterSpec("resnet10t", "mlp", 3), None)
+    torch.manual_seed(0)
+    label = torch.randint(0, 3, (2, 48, 48))
+    gt = torch.where(torch.rand(2, 48, 48) < 0.6, label, (label + 1) % 3)  # 60% right
+    batch = {"image": torch.randn(2, 3, 48, 48), "label": label, "labels": torch.ones(2, 2), "gt": gt}
+    method.training_step(net, batch, StepContext(step=0, total_steps=1, dist=CPU, optimizers=[]))
+    counts = method.pending[-1][2]  # pool right, pool known, labelled right, labelled known
+    assert counts[0] / counts[1] == 1.0 and counts[2] / counts[3] < 0.7
+    with pytest.raises(InputError, match="pool must be one of"):
+        get_method("ugrl", {"pool": "best"})

@@ -3,8 +3,10 @@ claims, read beside the mIoU it gave.
 
 A variant's outputs folder (``results/seg/<variant>/outputs``) may hold, by the method that wrote it:
 - UGRL (stages/methods/ugrl/report.py): ``pool_precision.csv``, the share of reliable-pool and of all
-  labelled pixels whose label agrees with ground truth, per step and in a ``total`` row; and
-  ``class_uncertainty.csv``, each class's uncertainty per step;
+  labelled pixels whose label agrees with ground truth, per step and in a ``total`` row;
+  ``class_uncertainty.csv``, each class's uncertainty per step; ``mechanism.csv``, whether the
+  certainty ranks label correctness (AUROC, precision of the most and least certain 20%) overall
+  and per class;
 - EIL (stages/methods/eil/report.py): ``rounds.csv``, label precision and coverage after each round.
 A folder without these files (another method, or a run that wrote none) is skipped.
 """
@@ -19,6 +21,7 @@ from stages.reporting.tables import read_csv, to_markdown
 
 UGRL_POOL = "pool_precision.csv"
 UGRL_UNCERTAINTY = "class_uncertainty.csv"
+UGRL_MECHANISM = "mechanism.csv"
 EIL_ROUNDS = "rounds.csv"
 EIL_COLUMNS = ["round", "step", "precision", "coverage", "adopted"]  # those shown, when present
 UNCERTAIN_SHOWN = 3  # classes named in UGRL's row
@@ -51,7 +54,23 @@ def ugrl_row(variant: str, folder: Path) -> dict | None:
     return {"variant": variant, "steps": len(frame) - 1, "pool_precision": float(total["pool_precision"]),
             "labelled_precision": float(total["labelled_precision"]),
             "pool_share": float(total["pool_known"]) / known if known > 0 else float("nan"),
-            "most_uncertain_at_end": most_uncertain(folder / UGRL_UNCERTAINTY)}
+            **ranking(folder / UGRL_MECHANISM), "most_uncertain_at_end": most_uncertain(folder / UGRL_UNCERTAINTY)}
+
+
+def ranking(path: Path) -> dict[str, object]:
+    """From mechanism.csv: the AUROC of certainty for a right label (ranked within classes), the
+    precision of the most and least certain 20%, and in how many classes the pool beats the rest."""
+    if not path.is_file():
+        return {}
+    frame = read_csv(path, ["class", "auroc", "precision_top20", "precision_bottom20", "pool_precision",
+                            "outside_precision"]).set_index("class")
+    if "all" not in frame.index:
+        raise InputError(f"{path}: no 'all' row (written by stages/methods/ugrl/report.py)")
+    classes = frame.drop(index="all")
+    better = int((classes["pool_precision"] > classes["outside_precision"]).sum())
+    return {"auroc": float(frame.loc["all", "auroc"]), "top20": float(frame.loc["all", "precision_top20"]),
+            "bottom20": float(frame.loc["all", "precision_bottom20"]),
+            "classes_pool_better": f"{better}/{len(classes)}"}
 
 
 def eil_rows(variant: str, folder: Path) -> pd.DataFrame | None:
@@ -73,7 +92,11 @@ def diagnostics_markdown(outputs: dict[str, Path]) -> str:
     if ugrl:
         text += ("UGRL: labels that agree with ground truth (train images with masks), in the reliable pool "
                  "and over all labelled pixels; the pool should be the more precise (the paper's mechanism). "
-                 "`pool_share`: the pool's share of labelled pixels.\n\n" + to_markdown(pd.DataFrame(ugrl)) + "\n")
+                 "`pool_share`: the pool's share of labelled pixels. `auroc`: how well the certainty that "
+                 "ranks pixels tells right labels from wrong ones within a class (0.5: not at all); `top20`, "
+                 "`bottom20`: precision of each class's most and least certain 20%; `classes_pool_better`: "
+                 "classes whose pool is more precise than their pixels outside it.\n\n"
+                 + to_markdown(pd.DataFrame(ugrl)) + "\n")
     if eil:
         table = pd.concat(eil, ignore_index=True)
         table = table[["variant", *(c for c in table.columns if c != "variant")]]

@@ -216,8 +216,11 @@ def train_loop(model: torch.nn.Module, hooks: TrainHooks, dataset: Dataset, sett
                 data.set_epoch(epoch)
             sampler = EpochBatchSampler(len(data), settings.batch_size, accumulation, settings.seed, epoch,
                                         ctx.rank, ctx.world_size, start, weights)
+            # its own generator: an iterator draws its workers' base seed from it, and a draw from
+            # torch's global RNG would shift a resumed run's stream (a new iterator at the resume step)
             loader = DataLoader(data, batch_sampler=sampler, num_workers=settings.num_workers,
-                                collate_fn=collate_fn, pin_memory=ctx.on_gpu)
+                                collate_fn=collate_fn, pin_memory=ctx.on_gpu,
+                                generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             micro: list[dict[str, torch.Tensor]] = []
             drop = 0  # micro-batches left of a skipped step
             tic = time.perf_counter()

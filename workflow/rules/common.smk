@@ -320,17 +320,18 @@ def refinements_of(*methods):
     )
 
 
-def imported_folder(wildcards):
-    """An imported refinement's folder; one that is not there is refused naming the key, but only
-    when an import job is planned (a user may run the dataset rules first to learn the ids).
-    """
-    path = REFINEMENTS[wildcards.refinement]["path"]
-    if not os.path.isdir(path):
-        raise ValueError(
-            f"refinements.{wildcards.refinement}.path: {path!r} is not a directory"
-            f" (relative paths start at {os.getcwd()})"
-        )
-    return path
+def check_imported_folders():
+    """An imported refinement's folder that is not there is refused before any job, naming the key."""
+    for name in refinements_of("imported"):
+        path = REFINEMENTS[name]["path"]
+        if not os.path.isdir(path):
+            raise ValueError(
+                f"refinements.{name}.path: {path!r} is not a directory (relative paths start at"
+                f" {os.getcwd()}; to run the dataset rules first and learn the ids, create it empty)"
+            )
+
+
+check_imported_folders()
 
 
 def name_pattern(names):

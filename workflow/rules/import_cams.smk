@@ -1,7 +1,7 @@
 rule import_cams:
     input:
         index=INDEX,
-        folder=imported_folder,
+        folder=lambda wildcards: REFINEMENTS[wildcards.refinement]["path"],
     output:
         "results/refine/{refinement}/cams_{split}.h5",
     log:

@@ -1,9 +1,10 @@
 """RSE: the reliable pool and what UGRL learns on it (supervised InfoNCE, the affinity loss).
 
-The pool of an image is its K% labelled pixels of lowest uncertainty; with ``reliable_pool`` off
-the same number of labelled pixels is drawn at random (the ablation's "contrastive without
-uncertainty"), so only the choice of pixels differs. Random draws use torch's global generator,
-which the trainer checkpoints per process, so a resumed run draws the same pixels.
+The pool of an image is K% of each class's labelled pixels, those of lowest uncertainty; the
+method's ``pool: random`` ranks them at random instead (the ablation's "contrastive without
+uncertainty") and ``pool: oracle`` puts right labels first (ORACLE), so only the choice of pixels
+differs. Random draws use torch's global generator, which the trainer checkpoints per process, so
+a resumed run draws the same pixels.
 """
 from __future__ import annotations
 
@@ -14,23 +15,34 @@ import torch
 from stages.io.label_png import IGNORE
 
 
-def reliable_pool(uncertainty: torch.Tensor, label: torch.Tensor, percent: float) -> torch.Tensor:
-    """(B, H, W) bool: per image, the ceil(percent% of its labelled pixels) with lowest uncertainty.
+def reliable_pool(uncertainty: torch.Tensor, label: torch.Tensor, percent: float,
+                  per_class: bool = True) -> torch.Tensor:
+    """(B, H, W) bool: per image, the labelled pixels of lowest uncertainty: ceil(percent%) of each
+    class's pixels (``per_class``), or of all labelled pixels in one ranking.
 
-    Ties are broken by position (a stable sort); unlabelled (IGNORE) pixels are never chosen.
+    One ranking over all classes fills the pool with whichever class sits closest to its
+    prototype, however precise its labels are; a quota per class keeps every class in the pool and
+    leaves only the ranking within a class to the uncertainty. Ties are broken by position (stable
+    sorts); unlabelled (IGNORE) pixels are never chosen.
     """
     valid = (label != IGNORE).flatten(1)
     key = uncertainty.flatten(1).float().masked_fill(~valid, math.inf)
     order = key.argsort(dim=1, stable=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
-                                            .expand_as(order).contiguous())
-    quota = torch.ceil(valid.sum(dim=1) * percent / 100).long()
-    return ((rank < quota[:, None]) & valid).view_as(label)
-
-
-def random_pool(label: torch.Tensor, percent: float) -> torch.Tensor:
-    """The same quota of labelled pixels per image as ``reliable_pool``, chosen at random."""
-    return reliable_pool(torch.rand(label.shape, device=label.device), label, percent)
+    # unlabelled pixels join class 0's group, after its labelled ones (their key is inf)
+    group = label.flatten(1).long().masked_fill(~valid, 0) if per_class else torch.zeros_like(order)
+    group = group.gather(1, order)
+    by_group = group.argsort(dim=1, stable=True)  # classes in turn, each by rising uncertainty
+    order, group = order.gather(1, by_group), group.gather(1, by_group)
+    groups = int(group.max()) + 1 if group.numel() else 1
+    sizes = torch.zeros(len(order), groups, dtype=torch.long, device=order.device)
+    members = sizes.scatter_add(1, group, torch.ones_like(group))  # where each group starts in ``order``
+    start = members.cumsum(dim=1) - members
+    sizes.scatter_add_(1, group, valid.gather(1, order).long())  # labelled pixels per class
+    position = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    quota = torch.ceil(sizes * percent / 100).long()
+    chosen_sorted = (position - start.gather(1, group)) < quota.gather(1, group)
+    chosen = torch.zeros_like(valid).scatter_(1, order, chosen_sorted)
+    return (chosen & valid).view_as(label)
 
 
 def supervised_infonce(embeddings: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:

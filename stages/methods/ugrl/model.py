@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.models.backbones import create_backbone
+from stages.models.cam_net import load_cam_net
 from stages.models.decoders import create_decoder
 from stages.models.mit import DEPTHS, NUM_HEADS, MixTransformer
 from stages.models.segmenter import SegmenterSpec
@@ -110,6 +111,7 @@ class UGRLNet(nn.Module):
             "cams": cams,  # raw class maps (B, C-1, h, w) at the last stage's stride
             "class_logits": cams.amax(dim=(2, 3)),  # global max pooling
             "features": feats[-1],
+            "decoded": decoded.detach(),  # the decoder's features: the pool's ranking reads them
             "affinity": self.affinity(attentions if self.attention_affinity else feats),
         }
         if pick is not None:
@@ -117,6 +119,13 @@ class UGRLNet(nn.Module):
             vectors = decoded.permute(0, 2, 3, 1).flatten(0, 2)[chosen]
             out["embeddings"] = F.normalize(self.pixel_head(vectors).float(), dim=1)
         return out
+
+    def init_cam_head(self, cam_path: str) -> None:
+        """Start the CAM head from the CAM network's classifier (``seg.init: cam`` copies the backbone):
+        PUM's class vectors then weigh features by trained CAMs from the first step, not random ones."""
+        cam_net, _ = load_cam_net(cam_path, "cpu")
+        if cam_net.classifier.weight.shape == self.classifier.weight.shape:
+            self.classifier.load_state_dict(cam_net.classifier.state_dict())
 
     def param_groups(self, head_lr_mult: float) -> list[dict]:
         """The backbone at the base learning rate; every head (new layers) ``head_lr_mult`` times it."""

@@ -15,10 +15,9 @@ Reconstructed (the sources do not say, see docs/methods/ugrl.md):
   cosines between vectors close to those between the pooled features.
 - A class seen for the first time starts its prototype at H_c and has u = 0 in that batch, as has
   a class absent from the batch: no evidence, full weight.
-- Pixels are ranked for the reliable pool by their own distance ``1 - cos(g(f_ij), P_y)`` to the
-  prototype of their label y (g: the same projection, per pixel of the last stage, then
-  upsampled). The class-level u_y alone cannot rank pixels within a class: the pool would be
-  whole classes, often only background.
+- Pixels are ranked for the reliable pool by a second set of prototypes in the decoder's feature
+  space (``PixelPrototypes``; the measurement that chose it is in docs/methods/ugrl.md). The
+  class-level u_y alone cannot rank pixels within a class: the pool would be whole classes.
 """
 from __future__ import annotations
 
@@ -99,19 +98,88 @@ class PrototypeBank:
                                       torch.where(here[:, None], batch, self.prototypes))
         self.seen = self.seen | here
 
-    def pixel_uncertainty(self, features: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) ``1 - cos(g(f), P_label)`` at the label's grid; IGNORE pixels and classes
-        without a prototype get 2, the largest distance (ranked last)."""
-        cos = torch.einsum("bdhw,cd->bchw", F.normalize(self.project(features, dim=1), dim=1),
-                           F.normalize(self.prototypes, dim=-1))
-        cos = F.interpolate(cos, size=label.shape[-2:], mode="bilinear", align_corners=False)
-        valid = (label != IGNORE) & self.seen[label.clamp(max=len(self.seen) - 1)]
-        picked = cos.gather(1, label.clamp(max=cos.shape[1] - 1)[:, None])[:, 0]
-        return torch.where(valid, 1 - picked, torch.full_like(picked, 2.0))
-
     def state_dict(self) -> dict[str, Any]:
         return {"prototypes": self.prototypes.cpu(), "seen": self.seen.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.prototypes.device
         self.prototypes, self.seen = state["prototypes"].to(device), state["seen"].to(device)
+
+
+class PixelPrototypes:
+    """Class prototypes in the decoder's feature space, which rank pixels for the reliable pool.
+
+    Chosen by measurement (benchmarks/ugrl_ranking.py, docs/methods/ugrl.md): the decoder's
+    features (stride 4) rank label correctness where the last stage's (stride 32, a few cells per
+    crop) do not; features are centred by their running mean, since post-ReLU features share a
+    positive mean that makes every cosine high; and a pixel's certainty is a margin, the cosine to
+    its label's prototype minus the best cosine to another class present in the image.
+
+    Prototypes and mean are bias-corrected EMAs (the sum of past batches weighted by ``eta^age``,
+    divided by the sum of the weights), so the first batch, seen by an untrained decoder, fades
+    like any other instead of seeding the average.
+    """
+
+    def __init__(self, num_classes: int, dim: int, eta: float) -> None:
+        self.sums = torch.zeros(num_classes, dim)
+        self.weights = torch.zeros(num_classes)
+        self.mean_sum = torch.zeros(dim)
+        self.mean_weight = torch.zeros(())
+        self.eta = eta
+
+    def to(self, device: torch.device) -> "PixelPrototypes":
+        self.sums, self.weights, self.mean_sum, self.mean_weight = (
+            t.to(device) for t in (self.sums, self.weights, self.mean_sum, self.mean_weight))
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mean_sum / self.mean_weight.clamp(min=1e-12)
+
+    @property
+    def seen(self) -> torch.Tensor:
+        return self.weights > 0
+
+    def prototypes(self) -> torch.Tensor:
+        """(C, D) unit prototypes (zero for a class never seen)."""
+        return F.normalize(self.sums / self.weights.clamp(min=1e-12)[:, None], dim=-1)
+
+    def batch_sums(self, features: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
+                   dist: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, D) sums of each present class's unit centred score-weighted vector over the batch,
+        and (D,) the batch's mean feature; both all-reduced."""
+        f = features.float() - self.mean[None, :, None, None] if self.mean_weight > 0 else features.float()
+        unit = F.normalize(class_vectors(f, scores), dim=-1) * present[..., None].float()
+        mean = features.float().mean(dim=(0, 2, 3)) / dist.world_size
+        return all_reduce_sum(unit.sum(dim=0), dist), all_reduce_sum(mean, dist)
+
+    def update(self, sums: torch.Tensor, mean: torch.Tensor) -> None:
+        here = sums.norm(dim=-1) > 0
+        batch = F.normalize(sums, dim=-1)
+        self.sums = torch.where(here[:, None], self.eta * self.sums + (1 - self.eta) * batch, self.sums)
+        self.weights = torch.where(here, self.eta * self.weights + (1 - self.eta), self.weights)
+        self.mean_sum = self.eta * self.mean_sum + (1 - self.eta) * mean
+        self.mean_weight = self.eta * self.mean_weight + (1 - self.eta)
+
+    def certainty(self, features: torch.Tensor, label: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) margin ``cos(f, P_y) - max over other present classes c of cos(f, P_c)`` at the
+        label's grid, in [-2, 2]; unlabelled pixels and classes without a prototype get -inf."""
+        f = F.normalize(features.float() - self.mean[None, :, None, None], dim=1)
+        cos = torch.einsum("bdhw,cd->bchw", f, self.prototypes())
+        cos = F.interpolate(cos, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        y = label.clamp(max=cos.shape[1] - 1)[:, None]
+        own = cos.gather(1, y)[:, 0]
+        rivals = present[:, :, None, None] & self.seen[None, :, None, None]
+        rival = cos.masked_fill(~rivals, -math.inf).scatter(1, y, -math.inf).amax(dim=1)
+        margin = own - rival.clamp(min=-1)  # no other class: the margin against cos -1
+        valid = (label != IGNORE) & self.seen[label.clamp(max=len(self.seen) - 1)]
+        return torch.where(valid, margin, torch.full_like(margin, -math.inf))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.sums.cpu(), "weights": self.weights.cpu(), "mean_sum": self.mean_sum.cpu(),
+                "mean_weight": self.mean_weight.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.sums.device
+        for key, value in state.items():
+            setattr(self, key, value.to(device))
