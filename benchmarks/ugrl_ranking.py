@@ -15,7 +15,9 @@ over the images. Candidates:
 - centring: none, or the mean feature of all images subtracted (post-ReLU features share a large
   positive mean that makes every cosine high);
 - score: ``distance`` (cosine to the label's prototype) or ``margin`` (that cosine minus the best
-  cosine to another class present in the image).
+  cosine to another class present in the image);
+- prototypes (``--prototypes``): PUM's CAM-weighted class vectors, or the mean feature of each
+  class's labelled pixels.
 
 Printed per candidate: AUROC of the score for "label = mask" within each class (mean over classes
 with both outcomes), pooled over classes after a per-class rank, the precision of the most and the
@@ -55,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--split", default="train_aug")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--k", type=float, default=35.0, help="pool size, percent of labelled pixels")
+    p.add_argument("--prototypes", choices=["cam", "labels"], default="cam",
+                   help="class vectors weighted by the CAMs (PUM's) or by the pseudo labels")
+    p.add_argument("--levels", nargs="*", choices=list(LEVELS), help="only these feature levels")
     return p.parse_args()
 
 
@@ -88,18 +93,25 @@ def level_features(record: dict, levels: tuple[int, ...]) -> torch.Tensor:
                       for lvl in levels], dim=1)
 
 
-def prototypes(records: list[dict], levels: tuple[int, ...], mean: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, D) PUM prototypes: the mean over images of each class's unit CAM-weighted vector."""
+def prototypes(records: list[dict], levels: tuple[int, ...], mean: torch.Tensor, num_classes: int,
+               source: str) -> torch.Tensor:
+    """(C, D) prototypes: the mean over images of each class's unit vector, the CAM-weighted mean
+    feature (PUM's, ``source`` cam) or the mean feature of the pixels labelled c (``labels``)."""
     total = torch.zeros(num_classes, mean.numel())
     for r in records:
         f = level_features(r, levels) - mean[None, :, None, None]
-        w = F.interpolate(r["scores"], size=f.shape[-2:], mode="bilinear", align_corners=False).flatten(2)[0]
+        if source == "cam":
+            w = F.interpolate(r["scores"], size=f.shape[-2:], mode="bilinear", align_corners=False).flatten(2)[0]
+        else:
+            small = F.interpolate(r["label"][None, None].float(), size=f.shape[-2:], mode="nearest")[0, 0].long()
+            w = F.one_hot(small.clamp(max=num_classes), num_classes + 1)[..., :num_classes].flatten(0, 1).T.float()
         vectors = (w @ f.flatten(2)[0].T) / w.sum(dim=1, keepdim=True).clamp(min=1e-6)
         total += F.normalize(vectors, dim=1) * r["present"][:, None]
     return F.normalize(total, dim=1)
 
 
-def pixel_table(records: list[dict], levels: tuple[int, ...] | None, centred: bool, num_classes: int) -> pd.DataFrame:
+def pixel_table(records: list[dict], levels: tuple[int, ...] | None, centred: bool, num_classes: int,
+                source: str) -> pd.DataFrame:
     """One row per labelled pixel with a mask: image, label, right, and each score's certainty."""
     rows = defaultdict(list)
     mean = torch.zeros(1)
@@ -108,7 +120,7 @@ def pixel_table(records: list[dict], levels: tuple[int, ...] | None, centred: bo
         mean = torch.zeros(dim)
         if centred:
             mean = torch.cat([level_features(r, levels).flatten(2)[0].T for r in records]).mean(dim=0)
-        protos = prototypes(records, levels, mean, num_classes)
+        protos = prototypes(records, levels, mean, num_classes, source)
     for i, r in enumerate(records):
         label, gt = r["label"], r["gt"]
         keep = (label != IGNORE) & (gt != IGNORE)
@@ -169,9 +181,9 @@ def main() -> None:
     candidates = [("cam score", None, False)] + [(lvl, levels, centred) for lvl, levels in LEVELS.items()
                                                   for centred in (False, True)]
     for name, levels, centred in candidates:
-        if levels is not None and levels[0] not in records[0]["feats"]:
+        if levels is not None and (levels[0] not in records[0]["feats"] or (args.levels and name not in args.levels)):
             continue
-        table = pixel_table(records, levels, centred, index.num_classes)
+        table = pixel_table(records, levels, centred, index.num_classes, args.prototypes)
         for score in ("distance",) if levels is None else ("distance", "margin"):
             rows.append({"features": name, "centred": centred if levels else "-", "score": score,
                          **summarise(table, score, args.k)})

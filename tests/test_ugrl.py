@@ -109,8 +109,20 @@ def test_pixel_prototypes_are_a_bias_corrected_ema_of_centred_features() -> None
     assert torch.allclose(pixels.mean, torch.tensor([(0.25 * 2 + 0.5 * 4) / 0.75, (0.25 * 2) / 0.75]))
     # class vectors are taken of centred features: a feature equal to the mean has no direction
     features = pixels.mean[None, :, None, None].expand(1, 2, 2, 2).clone()
-    sums, _ = pixels.batch_sums(features, torch.ones(1, 1, 2, 2), torch.tensor([[True]]), CPU)
+    sums, _ = pixels.batch_sums(features, torch.zeros(1, 2, 2, dtype=torch.long), CPU)
     assert torch.equal(sums, torch.zeros(1, 2))
+
+
+def test_pixel_prototypes_average_each_class_over_its_labelled_pixels() -> None:
+    """One unit vector per image and class: the mean centred feature of the pixels labelled c
+    (unlabelled pixels and absent classes add nothing); the batch mean feature beside it."""
+    pixels = PixelPrototypes(num_classes=3, dim=2, eta=0.9)
+    features = torch.tensor([[[[1.0, 3.0, 0.0, 5.0]], [[0.0, 0.0, 2.0, 5.0]]],
+                             [[[0.0, 0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0, 1.0]]]])  # (2, 2, 1, 4)
+    label = torch.tensor([[[0, 0, 1, IGNORE]], [[1, 1, IGNORE, IGNORE]]])
+    sums, mean = pixels.batch_sums(features, label, CPU)
+    assert torch.allclose(sums, torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))  # class 1 in both images
+    assert torch.allclose(mean, features.mean(dim=(0, 2, 3)))
 
 
 # ---- ULM: the weighting math -----------------------------------------------------------------

@@ -156,9 +156,7 @@ class UGRL(Method):
             sums = bank.batch_sums(class_vectors(out["features"], scores), present, ctx.dist)
             u = bank.uncertainty(sums)
             # the decoder learns only once segmenting: its prototypes start then
-            decoded_scores = F.interpolate(scores, size=out["decoded"].shape[-2:], mode="bilinear",
-                                           align_corners=False)
-            pixel_sums = pixels.batch_sums(out["decoded"], decoded_scores, present, ctx.dist) if segmenting else None
+            pixel_sums = pixels.batch_sums(out["decoded"], picked["small"], ctx.dist) if segmenting else None
         class_weight = uncertainty_weights(u[1:], self.alpha) if self.class_uncertainty else None
         l_cls = F.multilabel_soft_margin_loss(out["class_logits"].float(), batch["labels"], weight=class_weight)
         zero = l_cls.new_zeros(())

@@ -110,10 +110,12 @@ class PixelPrototypes:
     """Class prototypes in the decoder's feature space, which rank pixels for the reliable pool.
 
     Chosen by measurement (benchmarks/ugrl_ranking.py, docs/methods/ugrl.md): the decoder's
-    features (stride 4) rank label correctness where the last stage's (stride 32, a few cells per
-    crop) do not; features are centred by their running mean, since post-ReLU features share a
-    positive mean that makes every cosine high; and a pixel's certainty is a margin, the cosine to
-    its label's prototype minus the best cosine to another class present in the image.
+    features (stride 4) rank label correctness better than the last stage's (stride 32, a few cells
+    per crop); features are centred by their running mean, since post-ReLU features share a
+    positive mean that makes every cosine high; a pixel's certainty is a margin, the cosine to its
+    label's prototype minus the best cosine to another class present in the image; and a class's
+    prototype is the mean of its labelled pixels' features (CAM-weighted vectors, PUM's, ranked no
+    better and leave a class whose CAM never fires without a prototype).
 
     Prototypes and mean are bias-corrected EMAs (the sum of past batches weighted by ``eta^age``,
     divided by the sum of the weights), so the first batch, seen by an untrained decoder, fades
@@ -144,12 +146,16 @@ class PixelPrototypes:
         """(C, D) unit prototypes (zero for a class never seen)."""
         return F.normalize(self.sums / self.weights.clamp(min=1e-12)[:, None], dim=-1)
 
-    def batch_sums(self, features: torch.Tensor, scores: torch.Tensor, present: torch.Tensor,
+    def batch_sums(self, features: torch.Tensor, label: torch.Tensor,
                    dist: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """(C, D) sums of each present class's unit centred score-weighted vector over the batch,
-        and (D,) the batch's mean feature; both all-reduced."""
+        """(C, D) sums over the batch of each image's unit mean centred feature of the pixels labelled
+        c (``label`` at the features' grid), and (D,) the batch's mean feature; both all-reduced."""
         f = features.float() - self.mean[None, :, None, None] if self.mean_weight > 0 else features.float()
-        unit = F.normalize(class_vectors(f, scores), dim=-1) * present[..., None].float()
+        num_classes = len(self.weights)
+        weights = F.one_hot(label.clamp(max=num_classes).long(), num_classes + 1)[..., :num_classes]
+        weights = weights.permute(0, 3, 1, 2).float()  # IGNORE (255) falls in the dropped last column
+        present = weights.sum(dim=(2, 3)) > 0
+        unit = F.normalize(class_vectors(f, weights), dim=-1) * present[..., None].float()
         mean = features.float().mean(dim=(0, 2, 3)) / dist.world_size
         return all_reduce_sum(unit.sum(dim=0), dist), all_reduce_sum(mean, dist)
 
