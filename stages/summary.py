@@ -210,6 +210,16 @@ def smoothing_window(steps: int) -> int:
     return max(1, min(100, steps // 20))
 
 
+LINEAR_BELOW = 0.01  # symlog's linear band: a term at zero (a warm-up) stays on the plot
+
+
+def wide_range(frame: pd.DataFrame) -> bool:
+    """Whether the curves' typical sizes differ by more than 20x, so one linear axis flattens some."""
+    sizes = frame.abs().median()
+    sizes = sizes[sizes > LINEAR_BELOW]
+    return len(sizes) > 1 and float(sizes.max() / sizes.min()) > 20
+
+
 def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | None = None,
                 rounds_split: str = "?") -> None:
     """One panel per training run: every loss term against the step, raw (faint) and as a running
@@ -231,11 +241,14 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
             ax.plot(frame["step"], frame[column], color=f"C{k}", linewidth=0.6, alpha=0.3)
             ax.plot(frame["step"], frame[column].rolling(window, min_periods=1).mean(), color=f"C{k}",
                     linewidth=1.5, label=label)
-        ax.set_title(f"{name}: training loss")
+        shown = [c for c in terms if c not in same]
+        ax.set_title(f"{name}: training loss" + (" and the terms it logs" if len(shown) > 1 else ""))
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend(fontsize="small", title=f"mean of {window} steps (faint: each step)",
-                  title_fontsize="x-small")
+        ax.set_ylabel("loss" if len(shown) == 1 else "value (symlog scale)" if wide_range(frame[shown]) else "value")
+        if len(shown) > 1 and wide_range(frame[shown]):  # terms of very different sizes (UGRL's, RSS's rewards)
+            ax.set_yscale("symlog", linthresh=LINEAR_BELOW)
+        ax.legend(fontsize="x-small", title=f"mean of {window} steps (faint: each step)",
+                  title_fontsize="x-small", framealpha=0.6)
     for ax, (name, csv) in zip(axes[len(curves):], rounds.items()):
         frame = read_csv(csv, ["round", "eval_threshold", "eval_miou"])
         ax.plot(frame["round"], frame["eval_miou"], marker="o", color="C3",
