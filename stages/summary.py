@@ -244,8 +244,9 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
         shown = [c for c in terms if c not in same]
         ax.set_title(f"{name}: training loss" + (" and the terms it logs" if len(shown) > 1 else ""))
         ax.set_xlabel("step")
-        ax.set_ylabel("loss" if len(shown) == 1 else "value (symlog scale)" if wide_range(frame[shown]) else "value")
-        if len(shown) > 1 and wide_range(frame[shown]):  # terms of very different sizes (UGRL's, RSS's rewards)
+        symlog = len(shown) > 1 and wide_range(frame[shown])  # terms of very different sizes (UGRL's)
+        ax.set_ylabel("loss" if len(shown) == 1 else "value (symlog scale)" if symlog else "value")
+        if symlog:
             ax.set_yscale("symlog", linthresh=LINEAR_BELOW)
         ax.legend(fontsize="x-small", title=f"mean of {window} steps (faint: each step)",
                   title_fontsize="x-small", framealpha=0.6)

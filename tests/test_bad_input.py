@@ -152,32 +152,29 @@ def _no_image_label(root: Path, image_id: str) -> str:
     return image_id
 
 
-def _non_ascii_name(root: Path, image_id: str) -> str:
-    """A copy of the image under a non-ASCII id, listed in train and train_aug, labels in UTF-8."""
-    shutil.copy(_jpeg(root, image_id), _jpeg(root, NON_ASCII_ID))
-    shutil.copy(_mask(root, image_id), _mask(root, NON_ASCII_ID))
-    for split in ("train", "train_aug"):
+def _add_copy(root: Path, image_id: str, stored: str, listed: str, splits: tuple[str, ...]) -> str:
+    """A copy of the image and mask stored as ``stored``, listed in ``splits`` and labelled (UTF-8) as
+    ``listed``."""
+    shutil.copy(_jpeg(root, image_id), _jpeg(root, stored))
+    shutil.copy(_mask(root, image_id), _mask(root, stored))
+    for split in splits:
         with _list_file(root, split).open("a", encoding="utf-8") as f:
-            f.write(f"{NON_ASCII_ID}\n")
+            f.write(f"{listed}\n")
     path = root / "image_labels.json"
     labels = json.loads(path.read_text(encoding="utf-8"))
-    labels[NON_ASCII_ID] = labels[image_id]
+    labels[listed] = labels[image_id]
     path.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
-    return NON_ASCII_ID
+    return listed
+
+
+def _non_ascii_name(root: Path, image_id: str) -> str:
+    """A copy of the image under a non-ASCII id, listed in train and train_aug, labels in UTF-8."""
+    return _add_copy(root, image_id, NON_ASCII_ID, NON_ASCII_ID, ("train", "train_aug"))
 
 
 def _name_in_another_unicode_form(root: Path, image_id: str) -> str:
     """A copy of the image and mask under an NFD name, listed (and labelled) under its NFC form."""
-    nfd = unicodedata.normalize("NFD", NFD_ID)
-    shutil.copy(_jpeg(root, image_id), _jpeg(root, nfd))
-    shutil.copy(_mask(root, image_id), _mask(root, nfd))
-    with _list_file(root, "train").open("a", encoding="utf-8") as f:
-        f.write(f"{NFD_ID}\n")
-    path = root / "image_labels.json"
-    labels = json.loads(path.read_text(encoding="utf-8"))
-    labels[NFD_ID] = labels[image_id]
-    path.write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
-    return NFD_ID
+    return _add_copy(root, image_id, unicodedata.normalize("NFD", NFD_ID), NFD_ID, ("train",))
 
 
 @dataclass(frozen=True)
