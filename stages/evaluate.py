@@ -54,9 +54,14 @@ class StreamingEvaluation:
                               "n_images": self.n_images} for mode, cm in self.matrices.items()])
 
     def per_class(self, classes: Sequence[str]) -> pd.DataFrame:
+        """IoU per class and mode, and the first mode's (the single pass's) class histogram beside the
+        ground truth's (shares of the valid pixels), which names a collapse to one class."""
         table = pd.DataFrame({"class_index": range(len(classes)), "class": list(classes)})
         for mode, cm in self.matrices.items():
             table[mode] = cm.iou()
+        counts = next(iter(self.matrices.values())).matrix
+        total = max(int(counts.sum()), 1)
+        table["gt_share"], table["pred_share"] = counts.sum(1) / total, counts.sum(0) / total
         return table
 
 

@@ -23,7 +23,7 @@ from stages.io.label_png import label_path
 from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
 from stages.models.decoders import DECODER_CHANNELS, DECODERS
-from stages.models.segmenter import SegmenterSpec, init_backbone_from_cam, init_from_segmenter
+from stages.models.segmenter import SegmenterSpec, init_from_segmenter
 from stages.runtime.distributed import DistContext, distributed_session
 from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import train_loop
@@ -91,9 +91,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
     spec = SegmenterSpec(args.backbone, args.decoder, index.num_classes, args.weights, args.decoder_width)
     model = method.build_model(spec, inputs)
     if args.init_from_cam is not None:
-        init_backbone_from_cam(model.backbone, spec.backbone, args.init_from_cam)
-        if hasattr(model, "init_cam_head"):  # a method whose network has a CAM head of its own (ugrl)
-            model.init_cam_head(args.init_from_cam)
+        method.init_from_cam(model, spec, args.init_from_cam)
     if args.init_from_model is not None:
         init_from_segmenter(model, args.init_from_model)
     if ctx.distributed and ctx.on_gpu:

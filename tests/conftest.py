@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -86,7 +85,7 @@ def write_config(path: Path, base: Path = TINY_CONFIG, **overrides) -> Path:
 def planned_jobs(workdir: Path, config: Path, *args: str) -> dict[str, int]:
     """Rule name -> job count of a dry run (what Snakemake would run now); ``args`` are extra
     options or targets."""
-    out = snakemake(workdir, "-n", "--cores", "2", "--quiet", "rules", *args, config=config).stdout
+    out = snakemake(workdir, *args, "-n", "--cores", "2", "--quiet", "rules", config=config).stdout
     jobs: dict[str, int] = {}
     for line in out.splitlines():
         parts = line.split()
@@ -113,13 +112,12 @@ def toy_with_gt_labels(root: Path, num_train_aug: int = 12, min_size: int = 48, 
     """(index.json, label folder) of a 3-class toy set whose "pseudo labels" are its GT masks: a
     method trained on them has something true to learn."""
     from stages.data.toy import generate_toy
+    from stages.gt_labels import write_gt_labels
 
     index = generate_toy(root / "data", num_classes=3, num_train_aug=num_train_aug, num_train=4, num_val=4,
                          min_size=min_size, max_size=max_size, seed=0)
     index.save(root / "index.json")
-    (root / labels).mkdir()
-    for image_id in index.ids("train_aug"):
-        shutil.copy(index.mask_path(image_id, "train_aug"), root / labels / f"{image_id}.png")
+    write_gt_labels(index, "train_aug", root / labels, progress=False)
     return root / "index.json", root / labels
 
 

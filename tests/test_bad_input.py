@@ -832,7 +832,7 @@ SCHEMA_MISTAKES = dict(
     seg={"decoder": "unet", "train": {"batch_size": "eight", "lr": float("nan")}},
     pseudo_labels={"threshold": 1.5, "ignore_band": -0.1, "crf": {"bilateral_srgb": float("inf")}},
     evaluation={"scales": []},
-    refinements={"none": {"method": "none"}, "magic": {"method": "magic"}},
+    refinements={"none": {"method": "none"}, "magic": {"method": "magic"}, "gt": {"method": "none"}},
     variants={"ce-2": {"method": "ce", "pseudo_labels": "none"},
               "ce3": {"method": "ce", "pseudo_labels": "none", "lr": 0.1}},
     dataset={"kind": "imagenet", "voc": {"archives": {"voc2012_trainval": {"url": "x", "md5": "abc"}}}},
@@ -852,6 +852,7 @@ SCHEMA_CASES = {
     "bad_variant_name": "variants: 'ce-2' does not match",
     "unknown_method_option": "variants.ce3: Additional properties are not allowed ('lr' was unexpected)",
     "bad_md5": "dataset.voc.archives.voc2012_trainval.md5: 'abc' does not match",
+    "refinement_named_gt": "refinements: 'gt' should not be valid",
     # YAML's .nan and .inf: every bound of the schema compares false with NaN
     "nan_learning_rate": "seg.train.lr: nan is not a finite number",
     "infinite_crf_parameter": "pseudo_labels.crf.bilateral_srgb: inf is not a finite number",
@@ -861,7 +862,14 @@ WORKFLOW_MISTAKES = {
     "unknown_method": (dict(variants={"mine": {"method": "magic", "pseudo_labels": "none"}}),
                        "variants.mine.method: 'magic' is not one of ['ce', "),
     "variant_reads_missing_refinement": (dict(variants={"ce2": {"method": "ce", "pseudo_labels": "other"}}),
-                                         "variants.ce2.pseudo_labels: 'other' is not one of refinements"),
+                                         "variants.ce2.pseudo_labels: 'other' is neither gt nor one of refinements"),
+    # ground truth in training: refused unless the name marks the row, so no output hides it
+    "gt_labels_not_named_oracle": (dict(variants={"ce_gt": {"method": "ce", "pseudo_labels": "gt"}}),
+                                   "variants.ce_gt: pseudo_labels: gt trains on the ground-truth masks (an "
+                                   "ORACLE row); put ORACLE in the variant's name"),
+    "oracle_pool_not_named_oracle": (
+        dict(variants={"ugrl_o": {"method": "ugrl", "pseudo_labels": "none", "pool": "oracle"}}),
+        "variants.ugrl_o: pool: oracle ranks the pool by the ground-truth masks (an ORACLE row)"),
     "variant_without_pseudo_labels": (dict(variants={"ce2": {"method": "ce"}}),
                                       "variants.ce2: 'pseudo_labels' is a required property"),
     "folder_not_there": (dict(dataset={"kind": "folder", "folder": {"path": "no/such/folder"}}),

@@ -37,8 +37,11 @@ def test_streaming_metrics_match_hand_computed() -> None:
     assert metrics.loc["a", "pixel_acc"] == pytest.approx(5 / 7)
     assert metrics.loc["b", "miou"] == 1.0 and metrics.loc["b", "n_images"] == 2
     per_class = result.per_class(["bg", "x", "y"])
-    assert list(per_class.columns) == ["class_index", "class", "a", "b"]
+    assert list(per_class.columns) == ["class_index", "class", "a", "b", "gt_share", "pred_share"]
     assert per_class["a"].tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    # mode a's column sums (predicted 2, 3, 2 of the 7 valid pixels) beside the row sums (2, 2, 3)
+    assert per_class["pred_share"].tolist() == pytest.approx([2 / 7, 3 / 7, 2 / 7])
+    assert per_class["gt_share"].tolist() == pytest.approx([2 / 7, 2 / 7, 3 / 7])
     with pytest.raises(ValueError, match="modes"):
         result.update(gt2, {"a": gt2})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,13 +15,11 @@ from test_train_seg import cli_args
 
 from conftest import REPO, toy_with_gt_labels
 from stages import train_seg
-from stages.data.toy import generate_toy
-from stages.data.transforms import AugmentConfig
-from stages.io.label_png import IGNORE, read_label, write_label
+from stages.errors import InputError
+from stages.io.label_png import IGNORE
 from stages.methods.registry import get_method, load_trained_model
 from stages.methods.rss import RSS
 from stages.methods.rss.advantages import normalised_advantages, psd_advantages
-from stages.methods.rss.dataset import reward_dataset
 from stages.methods.rss.rewards import MaskReward, RewardBatch, RewardSpec, TagReward, make_reward_source, tag_jaccard
 from stages.methods.rss.sampling import grid_size, pool_cells, sample_actions, upsample_cells
 from stages.models.segmenter import Segmenter, SegmenterSpec
@@ -185,26 +182,8 @@ def test_pseudo_and_gt_rewards_on_hand_made_maps() -> None:
     assert miou.item() == pytest.approx((3 / 4 + 2 / 4 + 0) / 3) and ok.item()
     unlabelled = RewardBatch(torch.full((1, 2, 4), IGNORE), batch.images, batch.tags, ["a"])
     assert not MaskReward("miou", 3).image(maps, unlabelled)[1].item()
-    assert RewardSpec.from_options({"source": "gt"}).oracle and not RewardSpec().oracle
-    assert "gt_masks" in RSS(reward={"source": "gt"}).needs and "gt_masks" not in RSS().needs
-
-
-def test_oracle_dataset_reads_gt_masks(tmp_path: Path) -> None:
-    index = generate_toy(tmp_path / "data", num_classes=3, num_train_aug=2, num_train=1, num_val=1,
-                         min_size=40, max_size=48, seed=1)
-    pseudo = tmp_path / "pseudo"
-    for image_id in index.ids("train_aug"):  # all-background pseudo labels
-        write_label(pseudo / f"{image_id}.png", np.zeros_like(read_label(index.mask_path(image_id, "train_aug"))))
-    whole = AugmentConfig(crop_size=48, scale_range=(1.0, 1.0), flip=False, color_jitter=0.0)  # the whole image
-    image_id = index.ids("train_aug")[0]
-    mask = read_label(index.mask_path(image_id, "train_aug"))
-    oracle = reward_dataset(index, "train_aug", pseudo, True, whole, seed=0)[0]
-    weak = reward_dataset(index, "train_aug", pseudo, False, whole, seed=0)[0]
-    classes = range(index.num_classes)
-    counts = [int((mask == c).sum()) for c in classes]
-    assert [int((oracle["label"] == c).sum()) for c in classes] == counts and sum(counts[1:]) > 0
-    assert set(weak["label"].unique().tolist()) <= {0, IGNORE}
-    assert oracle["id"] == image_id and oracle["tags"].tolist() == [c in index.labels[image_id] for c in classes]
+    with pytest.raises(InputError, match="pseudo_labels: gt"):  # the ground truth is a label source now
+        RewardSpec.from_options({"source": "gt"})
 
 
 def test_tags_reward_prefers_exactly_the_tagged_classes() -> None:
@@ -328,16 +307,10 @@ def test_rss_trains_from_a_ce_cold_start_and_plots_its_curves(toy, tmp_path: Pat
                             method_options=options, init_from_model=ce / "model.pt", outputs=rss / "outputs"))
     metrics = pd.read_csv(rss / "metrics.csv")
     assert {"reward_mean", "reward_s1", "reward_s0.25", "advantage_std", "lr_g2"} <= set(metrics.columns)
-    assert "oracle" not in metrics.columns and metrics["reward_mean"].between(0, 1).all()
+    assert metrics["reward_mean"].between(0, 1).all()
     assert (metrics["lr_g2"] == metrics["lr_g1"] * 40).all()
     assert (rss / "outputs" / "rss_curves.png").is_file()
     _, meta = load_trained_model(rss / "model.pt", "cpu")
     assert meta["method"] == "rss" and meta["init"]["from"] == "model"
 
 
-def test_gt_reward_is_labelled_oracle(toy, tmp_path: Path) -> None:
-    index, labels = toy
-    train_seg.main(cli_args(index, labels, tmp_path, steps=2, method="rss", outputs=tmp_path / "outputs",
-                            method_options='{"samples": 2, "reward": {"source": "gt", "level": "pixel"}}'))
-    assert (pd.read_csv(tmp_path / "metrics.csv")["oracle"] == 1).all()
-    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["rss_curves_oracle.png"]

@@ -43,9 +43,10 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
                                                      "cat,0.55,0.6\ndog,0.35,0.45\n")
     (tmp_path / "eval_class_ce.csv").write_text("class_index,class,single,multiscale\n0,background,0.85,0.86\n"
                                                 "1,cat,0.6,0.61\n2,dog,0.3,0.32\n")
-    (tmp_path / "eval_class_rss.csv").write_text("class_index,class,single,multiscale,multiscale+crf\n"
-                                                 "0,background,0.88,0.89,0.9\n1,cat,0.7,0.71,0.72\n"
-                                                 "2,dog,0.01,0.02,0.02\n")
+    # rss's file has evaluate's class histogram (ce's is from before it: the columns are absent)
+    (tmp_path / "eval_class_rss.csv").write_text("class_index,class,single,multiscale,multiscale+crf,gt_share,"
+                                                 "pred_share\n0,background,0.88,0.89,0.9,0.6,0.95\n"
+                                                 "1,cat,0.7,0.71,0.72,0.3,0.05\n2,dog,0.01,0.02,0.02,0.1,0.0\n")
     (tmp_path / "outputs_rss").mkdir()  # a method that reports nothing the summary reads
     bench = tmp_path / "benchmarks"
     bench.mkdir()
@@ -140,13 +141,18 @@ def test_long_per_class_csv_has_a_row_per_variant_and_class(inputs) -> None:
     summary.main(cli(d))
     table = pd.read_csv(d / "out" / "per_class.csv")
     assert table.columns.tolist() == per_class.LONG_COLUMNS
-    assert list(table.itertuples(index=False, name=None)) == [
-        ("ce", "background", 0.82, 0.85, False), ("ce", "cat", 0.55, 0.6, False), ("ce", "dog", 0.35, 0.3, False),
-        ("rss", "background", 0.8, 0.88, False), ("rss", "cat", 0.5, 0.7, False), ("rss", "dog", 0.3, 0.01, True)]
+    unknown = -1  # ce's file has no histogram: its shares are empty
+    assert list(table.fillna(unknown).itertuples(index=False, name=None)) == [
+        ("ce", "background", 0.82, 0.85, -1, -1, False), ("ce", "cat", 0.55, 0.6, -1, -1, False),
+        ("ce", "dog", 0.35, 0.3, -1, -1, False), ("rss", "background", 0.8, 0.88, 0.95, 0.6, False),
+        ("rss", "cat", 0.5, 0.7, 0.05, 0.3, False), ("rss", "dog", 0.3, 0.01, 0.0, 0.1, True)]
     md = (d / "out" / "summary.md").read_text()
     assert "| class | ce pseudo | ce pred | rss pseudo | rss pred | vanished in |" in md
     assert "| dog | 0.3500 | 0.3000 | 0.3000 | 0.0100 | rss |" in md
     assert "- ce: none\n- rss: dog\n" in md
+    # one class on 95% of the pixels where the masks have 60% of it: named; ce has no histogram, no line
+    assert ("Class histogram of the predictions (val, single scale):\n\n- rss: **COLLAPSED** to background on "
+            "95% of the pixels (ground truth 60%); 2 of the 3 classes present predicted\n") in md
     # neither outputs folder holds a report (ce's is missing, rss's empty): said, not an error
     assert "No method report (pool_precision.csv, rounds.csv)" in md
 

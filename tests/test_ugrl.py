@@ -22,7 +22,7 @@ from stages import train_seg
 from stages.data.index import DatasetIndex
 from stages.data.toy import generate_toy
 from stages.errors import InputError
-from stages.io.checkpoint import load_checkpoint
+from stages.io.checkpoint import load_checkpoint, save_checkpoint
 from stages.io.label_png import IGNORE
 from stages.methods.base import TrainInputs
 from stages.methods.ce import masked_cross_entropy
@@ -32,6 +32,7 @@ from stages.methods.ugrl.contrast import affinity_loss, reliable_pool, sample_po
 from stages.methods.ugrl.diagnostics import auroc, decile_precision, mechanism_table, pixel_sample
 from stages.methods.ugrl.par import cam_targets, denormalise, normalised_cams, par_refine
 from stages.methods.ugrl.uncertainty import PixelPrototypes, PrototypeBank, class_vectors, uncertainty_weights
+from stages.models.cam_net import CAMNet
 from stages.models.segmenter import SegmenterSpec
 from stages.runtime.distributed import DistContext
 from stages.runtime.hooks import StepContext
@@ -237,6 +238,23 @@ def test_network_branches_and_symmetric_affinity(backbone: str) -> None:
     assert out["seg_logits"].shape == (2, 4, 64, 64) and out["class_logits"].shape == (2, 3)
     net.eval()
     assert torch.equal(net(torch.ones(1, 3, 64, 64)), net(torch.ones(1, 3, 64, 64), train=True)["seg_logits"])
+
+
+@pytest.mark.parametrize("cam_head", ["cam", "random"])
+def test_init_from_cam_copies_the_cam_head_only_when_asked(tmp_path: Path, cam_head: str) -> None:
+    cam = CAMNet("resnet10t", num_classes=3)
+    meta = {"backbone": "resnet10t", "weights": "none", "pooling": "gap", "num_classes": 3,
+            "classes": ["background", "a", "b", "c"], "dataset": "test"}
+    save_checkpoint(tmp_path / "cam.pt", {"model": cam.state_dict(), "meta": meta})
+    method = get_method("ugrl", {"d_seg": 8, "cam_head": cam_head})
+    spec = SegmenterSpec("resnet10t", "mlp", 4)
+    net = method.build_model(spec, None)
+    before = net.classifier.weight.detach().clone()
+    method.init_from_cam(net, spec, str(tmp_path / "cam.pt"))
+    got, want = net.backbone.state_dict(), cam.backbone.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want), "the backbone comes either way"
+    want = cam.classifier.weight if cam_head == "cam" else before
+    assert torch.equal(net.classifier.weight, want)
 
 
 # ---- PAR and online targets ------------------------------------------------------------------

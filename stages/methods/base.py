@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from stages.data.index import DatasetIndex
 from stages.data.transforms import AugmentConfig
-from stages.models.segmenter import SegmenterSpec
+from stages.models.segmenter import SegmenterSpec, init_backbone_from_cam
 from stages.runtime.hooks import TrainHooks
 
 
@@ -59,3 +59,8 @@ class Method(TrainHooks):
 
     def build_dataset(self, inputs: TrainInputs, aug: AugmentConfig, seed: int) -> Dataset:
         raise NotImplementedError
+
+    def init_from_cam(self, model: nn.Module, spec: SegmenterSpec, cam_path: str) -> None:
+        """``seg.init: cam``: the backbone from the CAM network; a method whose network has more of
+        it (a CAM head of its own) extends this."""
+        init_backbone_from_cam(model.backbone, spec.backbone, cam_path)

@@ -1,10 +1,11 @@
 """Per-class IoU of each variant's pseudo labels beside that of its predictions.
 
 The mean hides a class that the pseudo labels find but the trained segmenter no longer predicts:
-such a class is flagged "vanished". Pseudo labels are scored on the CAM evaluation split with ignored
-pixels as background (eval_pseudo's ``iou``, comparable with a prediction's IoU, which ignores
-nothing); predictions on the evaluation split at single scale (evaluate's ``single``), the segmenter
-without test-time help.
+such a class is flagged "vanished". A segmenter that predicts one class almost everywhere (the
+share of pixels in evaluate's class histogram) is named "collapsed". Pseudo labels are scored on
+the CAM evaluation split with ignored pixels as background (eval_pseudo's ``iou``, comparable with
+a prediction's IoU, which ignores nothing); predictions on the evaluation split at single scale
+(evaluate's ``single``), the segmenter without test-time help.
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from stages.reporting.tables import read_csv, to_markdown
 VANISHED_PRED = 0.05  # prediction IoU below this ...
 VANISHED_PSEUDO = 0.2  # ... while the pseudo labels reached this: training lost the class
 PRED_MODE = "single"
-LONG_COLUMNS = ["variant", "class", "pseudo_iou", "pred_iou", "vanished"]
+COLLAPSED_SHARE = 0.9  # one class predicted on this share of the pixels ...
+COLLAPSED_EXCESS = 0.1  # ... and on this much more than the ground truth has of it: a collapse
+PREDICTED_SHARE = 0.001  # a class counts as predicted above this share of the pixels
+LONG_COLUMNS = ["variant", "class", "pseudo_iou", "pred_iou", "pred_share", "gt_share", "vanished"]
 
 
 def class_iou(path: Path, column: str) -> pd.Series:
@@ -29,6 +33,7 @@ def class_iou(path: Path, column: str) -> pd.Series:
 
 def variant_rows(variant: str, pred_csv: Path, pseudo_csv: Path | None) -> pd.DataFrame:
     pred = class_iou(pred_csv, PRED_MODE)
+    shares = pd.read_csv(pred_csv).set_index("class").reindex(pred.index)  # NaN in files before histograms
     pseudo = pd.Series(float("nan"), index=pred.index)
     if pseudo_csv is not None:
         pseudo = class_iou(pseudo_csv, "iou")
@@ -36,7 +41,9 @@ def variant_rows(variant: str, pred_csv: Path, pseudo_csv: Path | None) -> pd.Da
             raise InputError(f"{pseudo_csv} and {pred_csv}: different classes "
                              f"({sorted(pseudo.index)} vs {sorted(pred.index)})")
     return pd.DataFrame({"variant": variant, "class": pred.index,
-                         "pseudo_iou": pseudo.reindex(pred.index).to_numpy(), "pred_iou": pred.to_numpy()})
+                         "pseudo_iou": pseudo.reindex(pred.index).to_numpy(), "pred_iou": pred.to_numpy(),
+                         "pred_share": shares.get("pred_share", float("nan")),
+                         "gt_share": shares.get("gt_share", float("nan"))}).reset_index(drop=True)
 
 
 def per_class_long(pred: dict[str, Path], pseudo: dict[str, Path], labels: dict[str, str]) -> pd.DataFrame:
@@ -52,7 +59,7 @@ def per_class_long(pred: dict[str, Path], pseudo: dict[str, Path], labels: dict[
         if refinement is not None and refinement not in pseudo:
             raise InputError(f"variant {variant}: no per-class CSV of its pseudo labels {refinement!r}")
         frames.append(variant_rows(variant, pred_csv, None if refinement is None else pseudo[refinement]))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LONG_COLUMNS[:-1])
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=LONG_COLUMNS[:-1], dtype=float)
     table["vanished"] = (table["pred_iou"] < VANISHED_PRED) & (table["pseudo_iou"] > VANISHED_PSEUDO)
     return table
 
@@ -83,12 +90,32 @@ def vanished_lines(long: pd.DataFrame) -> list[str]:
     return lines
 
 
+def histogram_lines(long: pd.DataFrame) -> list[str]:
+    """Per variant, its most predicted class against the ground truth's share of it, and how many
+    classes it predicts at all; "COLLAPSED" when one class takes nearly every pixel."""
+    lines = []
+    for variant, rows in long.groupby("variant", sort=False):
+        if rows["pred_share"].isna().all():
+            continue
+        top = rows.loc[rows["pred_share"].idxmax()]
+        predicted = int((rows["pred_share"] > PREDICTED_SHARE).sum())
+        present = int((rows["gt_share"] > PREDICTED_SHARE).sum())
+        collapsed = top.pred_share >= COLLAPSED_SHARE and top.pred_share - top.gt_share >= COLLAPSED_EXCESS
+        lines.append(f"- {variant}: {'**COLLAPSED** to ' if collapsed else ''}{top['class']} on "
+                     f"{top.pred_share:.0%} of the pixels (ground truth {top.gt_share:.0%}); "
+                     f"{predicted} of the {present} classes present predicted")
+    return lines
+
+
 def per_class_markdown(long: pd.DataFrame, cam_split: str, seg_split: str) -> str:
     """summary.md's per-class section: the side-by-side table, then the vanished classes."""
     if long.empty:
         return ""
+    histogram = histogram_lines(long)
     return (f"\n## Per-class IoU\n\n`pseudo`: the variant's pseudo labels on the {cam_split} split (ignored "
             f"pixels as background); `pred`: its segmenter on the {seg_split} split, single scale. A class "
             f"vanished where pred < {VANISHED_PRED} while pseudo > {VANISHED_PSEUDO}.\n\n"
             + to_markdown(wide_table(long))
-            + "\nVanished classes:\n\n" + "\n".join(vanished_lines(long)) + "\n")
+            + "\nVanished classes:\n\n" + "\n".join(vanished_lines(long)) + "\n"
+            + (f"\nClass histogram of the predictions ({seg_split}, single scale):\n\n" + "\n".join(histogram)
+               + "\n" if histogram else ""))

@@ -81,6 +81,18 @@ CAM_MODEL = "results/cam/model.pt"
 
 REFINEMENTS = config["refinements"]
 VARIANTS = config["variants"]
+# pseudo_labels: gt reads the ground-truth masks (rule gt_labels): an ORACLE row, named so
+GT_LABELS = "gt"
+
+
+def oracle_uses(variant):
+    """What in a variant reads ground truth to train (empty for an honest row)."""
+    uses = []
+    if variant.get("pseudo_labels") == GT_LABELS:
+        uses.append("pseudo_labels: gt trains on the ground-truth masks")
+    if variant.get("method") == "ugrl" and variant.get("pool") == "oracle":
+        uses.append("pool: oracle ranks the pool by the ground-truth masks")
+    return uses
 
 
 def cli(options, exclude=()):
@@ -248,9 +260,16 @@ def check_variants():
     """Whatever a variant reads must exist: refused before any job, naming the variant and key."""
     for name, variant in VARIANTS.items():
         source = variant.get("pseudo_labels")
-        if source is not None and source not in REFINEMENTS:
+        if source is not None and source not in [*REFINEMENTS, GT_LABELS]:
             raise ValueError(
-                f"variants.{name}.pseudo_labels: {source!r} is not one of refinements {sorted(REFINEMENTS)}"
+                f"variants.{name}.pseudo_labels: {source!r} is neither {GT_LABELS} nor one of "
+                f"refinements {sorted(REFINEMENTS)}"
+            )
+        uses = oracle_uses(variant)
+        if uses and "ORACLE" not in name:
+            raise ValueError(
+                f"variants.{name}: {uses[0]} (an ORACLE row); put ORACLE in the variant's name, "
+                f"so that its outputs, summary row and plots say so"
             )
         check_scribble_source(name, variant.get("scribbles"))
         kind, value = init_source(name)
@@ -371,10 +390,11 @@ def train_seg_inputs(wildcards):
     name = wildcards.variant
     inputs = {"index": INDEX, "cam_model": CAM_MODEL}
     refinement = VARIANTS[name].get("pseudo_labels")
-    if refinement is not None:
-        inputs["pseudo_labels"] = (
-            f"results/pseudo_labels/{refinement}/{config['cam']['infer']['split']}"
-        )
+    split = config["cam"]["infer"]["split"]
+    if refinement == GT_LABELS:
+        inputs["pseudo_labels"] = f"results/gt_labels/{split}"
+    elif refinement is not None:
+        inputs["pseudo_labels"] = f"results/pseudo_labels/{refinement}/{split}"
     scribbles = VARIANTS[name].get("scribbles")
     if scribbles is not None:
         inputs["scribbles"] = scribble_dir(scribbles)

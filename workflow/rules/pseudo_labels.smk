@@ -40,3 +40,19 @@ rule eval_pseudo:
         PYTHON
         + " stages.eval_pseudo --index {input.index:q} --labels {input.labels:q} --split {params.split:q}"
         " --out-summary {output.summary:q} --out-per-class {output.per_class:q} > {log:q} 2>&1"
+
+
+rule gt_labels:
+    """ORACLE: the split's ground-truth masks as a label folder, for variants with pseudo_labels: gt."""
+    input:
+        index=INDEX,
+    output:
+        directory("results/gt_labels/{split}"),
+    log:
+        "results/logs/gt_labels/{split}.log",
+    resources:
+        runtime=30,
+    shell:
+        PYTHON
+        + " stages.gt_labels --index {input.index:q} --split {wildcards.split:q} --no-progress"
+        " --out-dir {output:q} > {log:q} 2>&1"

@@ -59,12 +59,12 @@ rule summary:
         variant_per_class=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.variant_per_class)
         ],
-        # variants trained on scribbles have no pseudo labels, and are not listed; sorted, as
-        # the config's order is no setting and must not re-run the summary
+        # variants trained on scribbles or ground truth have no pseudo labels, and are not listed;
+        # sorted, as the config's order is no setting and must not re-run the summary
         variant_labels=[
             f"{v}={options['pseudo_labels']}"
             for v, options in sorted(VARIANTS.items())
-            if options.get("pseudo_labels") is not None
+            if options.get("pseudo_labels") not in (None, GT_LABELS)
         ],
         method_outputs=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.method_outputs)

@@ -30,8 +30,8 @@ the loss averaging above, and the last-layer factor being relative to the decode
 
 What a run shows beyond mIoU: ``reward_mean`` (finest scale), ``reward_s<scale>`` per scale and
 ``advantage_std`` every step in train_metrics.csv (the summary's curves), and
-``rss_curves.png`` in the variant's outputs. A ``gt`` reward is an oracle: the metrics gain an
-``oracle`` column (1) and the plot is ``rss_curves_oracle.png``, titled so.
+``rss_curves.png`` in the variant's outputs, titled with the variant's name (an ORACLE row, trained
+on ``pseudo_labels: gt``, says so in its name).
 """
 from __future__ import annotations
 
@@ -106,8 +106,6 @@ class RSS(Method):
                              "reward.level image and samples >= 2")
         if self.last_layer_lr_factor <= 0:
             raise InputError(f"rss: last_layer_lr_factor must be > 0, got {self.last_layer_lr_factor}")
-        if self.spec.oracle:
-            self.needs = type(self).needs | {"gt_masks"}
 
     # -- model, data, optimiser ------------------------------------------------------------
     def build_model(self, spec: SegmenterSpec, inputs: TrainInputs | None) -> nn.Module:
@@ -115,7 +113,7 @@ class RSS(Method):
 
     def build_dataset(self, inputs: TrainInputs, aug: AugmentConfig, seed: int) -> Dataset:
         self.source = make_reward_source(self.spec, inputs.index.num_classes)
-        return reward_dataset(inputs.index, inputs.split, inputs.pseudo_labels, self.spec.oracle, aug, seed)
+        return reward_dataset(inputs.index, inputs.split, inputs.pseudo_labels, aug, seed)
 
     def configure_optimizers(self, model: nn.Module, settings: TrainSettings) -> list[Optimization]:
         """ce's groups, with the decoder's final classifier split off at ``last_layer_lr_factor``."""
@@ -170,9 +168,7 @@ class RSS(Method):
                  "reward_mean": finest.reward_mean, "advantage_std": finest.advantage_std}
         if len(results) > 1:
             terms.update({f"reward_s{s:g}": r.reward_mean for s, r in results.items()})
-        if self.spec.oracle:
-            terms["oracle"] = torch.tensor(1.0)
-        self.pending.append({k: float(v) for k, v in terms.items() if k not in ("loss", "oracle")})
+        self.pending.append({k: float(v) for k, v in terms.items() if k != "loss"})
         return terms
 
     # -- curves: the same on every process, kept in checkpoints ----------------------------
@@ -186,10 +182,9 @@ class RSS(Method):
 
     def on_train_end(self, model: nn.Module, ctx: StepContext) -> None:
         if ctx.dist.is_main and ctx.output_dir is not None and self.history:
-            name = "rss_curves_oracle.png" if self.spec.oracle else "rss_curves.png"
-            save_png(self.plot_curves(), ctx.output_dir / name)
+            save_png(self.plot_curves(ctx.output_dir.parent.name), ctx.output_dir / "rss_curves.png")
 
-    def plot_curves(self) -> Figure:
+    def plot_curves(self, variant: str) -> Figure:
         """Reward per PSR scale and the spread of the advantages, over the optimiser steps."""
         steps = [h["step"] for h in self.history]
         fig = new_figure(figsize=(10, 3.6), layout="constrained")
@@ -205,7 +200,7 @@ class RSS(Method):
         right.plot(steps, [h["advantage_std"] for h in self.history])
         right.set(xlabel="step", ylabel=f"std of advantages (scale {max(self.psr_scales):g})",
                   title="advantage, PSD (r1 - r2 where maps differ)" if self.psd else "advantage, normalised")
-        fig.suptitle(f"RSS: reward {self.spec.describe()}; N = {self.samples}, PSR {self.psr_scales}, "
+        fig.suptitle(f"{variant} (RSS): reward {self.spec.describe()}; N = {self.samples}, PSR {self.psr_scales}, "
                      f"PSD {'on' if self.psd else 'off'}")
         return fig
 

@@ -12,7 +12,7 @@ from stages.data.transforms import AugmentConfig
 
 class RewardDataset(SegmentationDataset):
     """Each item adds the image's id and its image-level labels (``tags``, a (C,) bool vector) to
-    the crop and its reference map (pseudo labels, or GT masks for an oracle reward)."""
+    the crop and its reference map (the variant's labels)."""
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:
         item = super().__getitem__(i)
@@ -22,12 +22,7 @@ class RewardDataset(SegmentationDataset):
         return {**item, "id": image_id, "tags": tags}
 
 
-def reward_dataset(index: DatasetIndex, split: str, pseudo_labels: Path | None, oracle: bool,
-                   aug: AugmentConfig, seed: int) -> RewardDataset:
-    """Crops whose reference map is the pseudo label, or (``oracle``) the split's GT mask."""
-    if oracle:
-        def reference(image_id: str) -> Path:
-            return index.mask_path(image_id, split)
-    else:
-        reference = label_dir_source(pseudo_labels, index.ids(split))
-    return RewardDataset(index, split, reference, aug, seed)
+def reward_dataset(index: DatasetIndex, split: str, labels: Path, aug: AugmentConfig,
+                   seed: int) -> RewardDataset:
+    """Crops whose reference map is the variant's label (pseudo label, or mask with ``gt``)."""
+    return RewardDataset(index, split, label_dir_source(labels, index.ids(split)), aug, seed)

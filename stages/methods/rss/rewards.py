@@ -1,10 +1,9 @@
 """Reward sources of RSS, chosen by name in ``reward.source``: what scores a sampled action map.
 
-- ``pseudo`` (default, weakly supervised): the map against the cached pseudo labels of the
-  variant's refinement, 255 pixels left out; per pixel, agreement; per map, ``reward.metric``
-  (``miou`` or pixel ``accuracy``).
-- ``gt`` (oracle): the same against the ground-truth masks (``inputs.index.mask_path``), the
-  paper's setting. Not a weakly supervised result: every output of such a run says ``oracle``.
+- ``pseudo`` (default): the map against the variant's label folder, 255 pixels left out; per
+  pixel, agreement; per map, ``reward.metric`` (``miou`` or pixel ``accuracy``). The folder is
+  the refinement's pseudo labels, or with the variant's ``pseudo_labels: gt`` the ground-truth
+  masks: the paper's (ORACLE) setting, which the workflow marks in the variant's name.
 - ``tags`` (image level only): from the image-level labels, no mask. The tag term is the Jaccard
   overlap between the set of foreground classes the map shows on more than ``reward.min_area`` of
   its pixels and the image's tags. The confident-region term is the map's agreement with the
@@ -36,7 +35,7 @@ import torch
 from stages.errors import InputError
 from stages.io.label_png import IGNORE
 
-BUILTIN_SOURCES = ("pseudo", "tags", "gt")
+BUILTIN_SOURCES = ("pseudo", "tags")
 LEVELS = ("pixel", "image")
 METRICS = ("miou", "accuracy")
 
@@ -58,6 +57,9 @@ class RewardSpec:
         if unknown:
             raise InputError(f"reward: no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known))}")
         spec = cls(**options)
+        if spec.source == "gt":
+            raise InputError("reward.source 'gt' is gone: the reward reads the variant's labels; give the "
+                             "variant pseudo_labels: gt (and ORACLE in its name) for a ground-truth reward")
         if spec.source not in BUILTIN_SOURCES and ":" not in spec.source:
             raise InputError(f"reward.source {spec.source!r}: use one of {', '.join(BUILTIN_SOURCES)} "
                              f"or module:function")
@@ -71,11 +73,6 @@ class RewardSpec:
             raise InputError("reward.cam_weight must lie in [0, 1] and reward.min_area in [0, 1)")
         return spec
 
-    @property
-    def oracle(self) -> bool:
-        """Scored against ground truth: not a weakly supervised result."""
-        return self.source == "gt"
-
     def describe(self) -> str:
         """One line for plot titles and logs."""
         if self.source == "tags":
@@ -83,14 +80,14 @@ class RewardSpec:
         if self.source not in BUILTIN_SOURCES:
             return f"{self.source}, {self.level} level"
         what = "agreement" if self.level == "pixel" else self.metric
-        return f"{'ORACLE: ground truth' if self.oracle else 'pseudo labels'}, {self.level}-level {what}"
+        return f"the variant's labels, {self.level}-level {what}"
 
 
 @dataclass(frozen=True)
 class RewardBatch:
     """What a reward source may look at for one batch of crops."""
 
-    reference: torch.Tensor  # (B, H, W) int64: pseudo labels, or GT masks for ``gt``; 255 = none
+    reference: torch.Tensor  # (B, H, W) int64: the variant's labels; 255 = none
     images: torch.Tensor  # (B, 3, H, W), as the network saw them
     tags: torch.Tensor  # (B, C) bool, image-level labels (background column False)
     ids: list[str]
@@ -146,7 +143,7 @@ def map_miou(maps: torch.Tensor, reference: torch.Tensor, num_classes: int) -> t
 
 @dataclass(frozen=True)
 class MaskReward(RewardSource):
-    """``pseudo`` and ``gt``: against a label map (which one is decided by the dataset)."""
+    """``pseudo``: against the variant's label map."""
 
     metric: str
     num_classes: int
@@ -238,7 +235,7 @@ class UserReward(RewardSource):
 
 def make_reward_source(spec: RewardSpec, num_classes: int) -> RewardSource:
     """The source ``spec.source`` names; a user function is imported here, at training time only."""
-    if spec.source in ("pseudo", "gt"):
+    if spec.source == "pseudo":
         return MaskReward(spec.metric, num_classes)
     if spec.source == "tags":
         return TagReward(spec.min_area, spec.cam_weight)

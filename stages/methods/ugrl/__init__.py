@@ -59,6 +59,7 @@ from stages.runtime.hooks import StepContext
 
 TARGETS = ("cached", "online")
 POOLS = ("uncertainty", "random", "oracle")
+CAM_HEADS = ("cam", "random")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,7 @@ class UGRL(Method):
     pool_per_class: bool = True  # K% of each class's pixels, not K% of the image's in one ranking
     normalise_weights: bool = True  # L_seg's weights divided by their mean over the batch's labelled pixels
     affinity_on_pool: bool = True
+    cam_head: str = "cam"  # with seg.init: cam, "cam" copies the CAM network's classifier; "random" does not
     k_percent: float = 35.0
     alpha: float = 0.5
     beta: float = 0.5
@@ -125,6 +127,8 @@ class UGRL(Method):
             raise InputError(f"ugrl: eta must be in [0, 1), got {self.eta}")
         if self.pool not in POOLS:
             raise InputError(f"ugrl: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.cam_head not in CAM_HEADS:
+            raise InputError(f"ugrl: cam_head must be one of {', '.join(CAM_HEADS)}, got {self.cam_head!r}")
         if self.targets == "cached":
             self.needs = frozenset({"pseudo_labels"})
         if self.pool == "oracle":
@@ -135,6 +139,11 @@ class UGRL(Method):
         self.bank = PrototypeBank(spec.num_classes, model.backbone.feature_info.channels()[-1], self.d_cls, self.eta)
         self.pixels = PixelPrototypes(spec.num_classes, model.decoder.classifier.in_channels, self.eta)
         return model
+
+    def init_from_cam(self, model: nn.Module, spec: SegmenterSpec, cam_path: str) -> None:
+        super().init_from_cam(model, spec, cam_path)
+        if self.cam_head == "cam":
+            model.init_cam_head(cam_path)
 
     def build_dataset(self, inputs: TrainInputs, aug: AugmentConfig, seed: int) -> Dataset:
         self.classes = list(inputs.index.classes)
