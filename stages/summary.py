@@ -38,7 +38,9 @@ SEG_MODE_COLUMNS = {"single": "miou", "multiscale": "miou_multiscale", "multisca
 MODE_LABELS = {"miou": "single scale", "miou_multiscale": "multi-scale + flip",
                "miou_multiscale_crf": "multi-scale + flip + CRF"}
 NOT_CURVES = {"step", "epoch", "img_per_s", "skipped"}  # training-metrics columns that are not losses
-# (nor are the learning rates: ``lr`` and ``lr_*``)
+# (nor are the learning rates: ``lr`` and ``lr_*``), nor spreads that a method plots itself (RSS's
+# per-scale reward std and advantage statistics, in its rss_curves.png)
+DETAIL_PREFIXES = ("lr_", "reward_std_", "adv_")
 NOTES = {  # summary.md's key to the columns, for those the table has
     "split": "the split every score of the row was measured on",
     "miou": "pseudo labels: an ignored (255) pixel counts as background, as in IRN's evaluation and "
@@ -233,7 +235,7 @@ def plot_curves(curves: dict[str, Path], path: Path, rounds: dict[str, Path] | N
     for ax, (name, csv) in zip(axes, curves.items()):
         frame = read_csv(csv, ["step", "loss"])
         window = smoothing_window(len(frame))
-        terms = [c for c in frame.columns if c not in NOT_CURVES and c != "lr" and not c.startswith("lr_")]
+        terms = [c for c in frame.columns if c not in NOT_CURVES and c != "lr" and not c.startswith(DETAIL_PREFIXES)]
         # a term equal to the total (a one-term loss) would hide under it: named in its label instead
         same = [c for c in terms if c != "loss" and frame[c].equals(frame["loss"])]
         for k, column in enumerate(c for c in terms if c not in same):

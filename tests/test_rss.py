@@ -19,9 +19,9 @@ from stages.errors import InputError
 from stages.io.label_png import IGNORE
 from stages.methods.registry import get_method, load_trained_model
 from stages.methods.rss import RSS
-from stages.methods.rss.advantages import normalised_advantages, psd_advantages
+from stages.methods.rss.advantages import class_balanced_advantages, normalised_advantages, psd_advantages
 from stages.methods.rss.rewards import MaskReward, RewardBatch, RewardSpec, TagReward, make_reward_source, tag_jaccard
-from stages.methods.rss.sampling import grid_size, pool_cells, sample_actions, upsample_cells
+from stages.methods.rss.sampling import cell_classes, grid_size, pool_cells, sample_actions, upsample_cells
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import DistContext, distributed_session
 from stages.runtime.hooks import StepContext
@@ -40,6 +40,27 @@ def test_normalisation_over_the_group_on_hand_made_rewards() -> None:
     assert torch.allclose(adv, want)
     assert torch.equal(normalised_advantages(torch.full((2, 3), 0.3), torch.ones(2, 3, dtype=torch.bool)),
                        torch.zeros(2, 3))  # equal rewards teach nothing
+
+
+def test_class_balanced_advantages_normalise_and_weigh_each_class_apart() -> None:
+    # one sample, one image, 6 positions: class 0 on four (rewards 1, 1, 1, 0), class 1 on two (0, 1)
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 1.0]).reshape(1, 1, 1, 6)
+    classes = torch.tensor([0, 0, 0, 0, 1, 1]).reshape(1, 1, 6)
+    valid = torch.ones_like(rewards, dtype=torch.bool)
+    adv, weight = class_balanced_advantages(rewards, valid, classes, num_classes=3)
+    sd0 = (0.75 * 0.25) ** 0.5  # class 0: mean 0.75; class 1: mean 0.5, std 0.5
+    want = torch.tensor([0.25 / sd0, 0.25 / sd0, 0.25 / sd0, -0.75 / sd0, -1.0, 1.0])
+    assert torch.allclose(adv.flatten(), want, atol=1e-3)
+    # each class half the total weight, the mean weight 1: 6/2 spread over 4 and over 2 positions
+    assert torch.allclose(weight.flatten(), torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5]))
+    with pytest.raises(InputError, match="reward.balance .* needs reward.level pixel"):
+        RewardSpec.from_options({"balance": True})
+
+
+def test_cell_classes_take_the_most_frequent_labelled_class() -> None:
+    reference = torch.tensor([[[0, 1, 2, 2], [1, 1, 255, 2], [255, 255, 0, 0], [255, 255, 0, 1]]])
+    assert cell_classes(reference, (2, 2), num_classes=3).tolist() == [[[1, 2], [255, 0]]]
+    assert torch.equal(cell_classes(reference, (4, 4), num_classes=3), reference)
 
 
 REWARDS_PER_RANK = [torch.tensor([1.0, 1.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0])]
@@ -134,20 +155,26 @@ def step_context() -> StepContext:
     return StepContext(0, 1, SINGLE, [])
 
 
-@pytest.mark.parametrize("level, psd", [("pixel", False), ("image", False), ("image", True)])
-def test_reward_at_each_psr_scale(level: str, psd: bool) -> None:
+@pytest.mark.parametrize("level, psd, balance", [("pixel", False, False), ("pixel", False, True),
+                                                 ("image", False, False), ("image", True, False)])
+def test_reward_at_each_psr_scale(level: str, psd: bool, balance: bool) -> None:
     torch.manual_seed(0)
     reference = torch.zeros(2, 8, 8, dtype=torch.long)
     reference[:, :, 4:] = 1  # two halves: constant on every 4 x 4 (and 2 x 2) cell
-    method = RSS(samples=4, reward={"level": level, "metric": "accuracy"}, psr_scales=[1.0, 0.5, 0.25], psd=psd)
+    method = RSS(samples=4, reward={"level": level, "metric": "accuracy", "balance": balance},
+                 psr_scales=[1.0, 0.5, 0.25], psd=psd)
     method.source = MaskReward("accuracy", 4)
     perfect = torch.nn.functional.one_hot(reference, 4).permute(0, 3, 1, 2).float() * 30
     terms = method.training_step(FixedLogits(perfect), reward_batch(reference), step_context())
-    assert {"reward_s1", "reward_s0.5", "reward_s0.25", "reward_mean", "advantage_std"} <= terms.keys()
+    per_scale = [f"{key}_s{s}" for s in ("1", "0.5", "0.25") for key in ("reward", "reward_std", "adv_mean", "adv_std")]
+    assert set(per_scale) | {"loss", "top_class_share"} == terms.keys()
     assert all(terms[k].item() == pytest.approx(1.0) for k in ("reward_s1", "reward_s0.5", "reward_s0.25"))
+    assert terms["reward_std_s1"].item() == pytest.approx(0.0) and terms["top_class_share"].item() == 0.5
     net = FixedLogits(torch.zeros(2, 4, 8, 8))  # uniform policy: rewards vary, gradients flow
     terms = method.training_step(net, reward_batch(reference), step_context())
-    assert 0.0 < terms["reward_s0.25"].item() < 1.0 and terms["advantage_std"].item() > 0
+    assert 0.0 < terms["reward_s0.25"].item() < 1.0 and all(terms[f"adv_std_s{s}"].item() > 0 for s in ("1", "0.25"))
+    if not psd:  # normalised over the group: mean 0 (PSD's raw differences need not be)
+        assert terms["adv_mean_s0.5"].item() == pytest.approx(0.0, abs=1e-5)
     terms["loss"].backward()
     assert net.logits.grad.abs().sum() > 0
 
@@ -306,8 +333,8 @@ def test_rss_trains_from_a_ce_cold_start_and_plots_its_curves(toy, tmp_path: Pat
     train_seg.main(cli_args(index, labels, rss, steps=3, decoder="sfpnext", method="rss",
                             method_options=options, init_from_model=ce / "model.pt", outputs=rss / "outputs"))
     metrics = pd.read_csv(rss / "metrics.csv")
-    assert {"reward_mean", "reward_s1", "reward_s0.25", "advantage_std", "lr_g2"} <= set(metrics.columns)
-    assert metrics["reward_mean"].between(0, 1).all()
+    assert {"reward_s1", "reward_s0.25", "adv_std_s1", "top_class_share", "lr_g2"} <= set(metrics.columns)
+    assert metrics["reward_s1"].between(0, 1).all() and metrics["top_class_share"].between(0, 1).all()
     assert (metrics["lr_g2"] == metrics["lr_g1"] * 40).all()
     assert (rss / "outputs" / "rss_curves.png").is_file()
     _, meta = load_trained_model(rss / "model.pt", "cpu")

@@ -28,10 +28,12 @@ samples, the PSR scales, the cell rule (``sampling``), normalising image-level r
 whole group, PSD's pairing (map n with map n + 1 mod N) and its raw, unnormalised differences,
 the loss averaging above, and the last-layer factor being relative to the decoder's rate.
 
-What a run shows beyond mIoU: ``reward_mean`` (finest scale), ``reward_s<scale>`` per scale and
-``advantage_std`` every step in train_metrics.csv (the summary's curves), and
-``rss_curves.png`` in the variant's outputs, titled with the variant's name (an ORACLE row, trained
-on ``pseudo_labels: gt``, says so in its name).
+What a run shows beyond mIoU, every step in train_metrics.csv: per PSR scale the reward's mean and
+spread (``reward_s<scale>``, ``reward_std_s<scale>``) and the advantages' (``adv_mean_s<scale>``,
+``adv_std_s<scale>``), and ``top_class_share``, the share of the batch's pixels whose most likely
+class is the most frequent one (near 1: the policy collapsed to one class). ``rss_curves.png`` in
+the variant's outputs plots them, titled with the variant's name (an ORACLE row, trained on
+``pseudo_labels: gt``, says so in its name); the summary's curves show the loss and rewards.
 """
 from __future__ import annotations
 
@@ -45,10 +47,15 @@ from torch.utils.data import Dataset
 from stages.data.transforms import AugmentConfig
 from stages.errors import InputError
 from stages.methods.base import Method, TrainInputs
-from stages.methods.rss.advantages import broadcast_image_advantages, normalised_advantages, psd_advantages
+from stages.methods.rss.advantages import (
+    broadcast_image_advantages,
+    class_balanced_advantages,
+    normalised_advantages,
+    psd_advantages,
+)
 from stages.methods.rss.dataset import reward_dataset
 from stages.methods.rss.rewards import RewardBatch, RewardSource, RewardSpec, make_reward_source
-from stages.methods.rss.sampling import grid_size, pool_cells, sample_actions, upsample_cells
+from stages.methods.rss.sampling import cell_classes, grid_size, pool_cells, sample_actions, upsample_cells
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.reporting.figures import new_figure, save_png
 from stages.runtime.distributed import DistContext, all_reduce_sum
@@ -66,7 +73,19 @@ class ScaleResult:
 
     loss: torch.Tensor
     reward_mean: torch.Tensor
+    reward_std: torch.Tensor
+    advantage_mean: torch.Tensor
     advantage_std: torch.Tensor
+
+    def terms(self, scale: float) -> dict[str, torch.Tensor]:
+        return {f"reward_s{scale:g}": self.reward_mean, f"reward_std_s{scale:g}": self.reward_std,
+                f"adv_mean_s{scale:g}": self.advantage_mean, f"adv_std_s{scale:g}": self.advantage_std}
+
+
+def top_class_share(probs: torch.Tensor) -> torch.Tensor:
+    """Share of the pixels whose most likely class is the batch's most frequent one."""
+    counts = torch.bincount(probs.detach().argmax(1).flatten(), minlength=probs.shape[1])
+    return counts.max() / counts.sum()
 
 
 def masked_mean_std(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +162,13 @@ class RSS(Method):
             share = pool_cells(valid.float(), grid)
             rewards = pool_cells(rewards * valid, grid) / share.clamp_min(1e-12)
             valid = share > 0
-            advantages = normalised_advantages(rewards, valid, dist, self.sync_an)
             reward_valid = valid
+            if self.spec.balance:
+                classes = cell_classes(batch.reference, grid, probs.shape[1])
+                advantages, weight = class_balanced_advantages(rewards, valid, classes, probs.shape[1], dist,
+                                                               self.sync_an)
+            else:
+                advantages, weight = normalised_advantages(rewards, valid, dist, self.sync_an), valid.float()
         else:
             rewards, reward_valid = self.source.image(maps, batch)
             if self.psd:
@@ -153,21 +177,18 @@ class RSS(Method):
                 advantages = broadcast_image_advantages(
                     normalised_advantages(rewards, reward_valid, dist, self.sync_an), grid)
             valid = reward_valid[..., None, None].expand_as(actions)
-        weight = valid.float()
+            weight = valid.float()
         loss = -(advantages * log_probs * weight).sum() / weight.sum().clamp_min(1)
-        reward_mean, _ = masked_mean_std(rewards, reward_valid)
-        _, advantage_std = masked_mean_std(advantages, valid)
-        return ScaleResult(loss, reward_mean, advantage_std)
+        return ScaleResult(loss, *masked_mean_std(rewards, reward_valid), *masked_mean_std(advantages, valid))
 
     def training_step(self, net: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
         probs = net(batch["image"]).float().softmax(1)
         rewards = RewardBatch(batch["label"], batch["image"], batch["tags"], list(batch["id"]))
         results = {s: self.scale_step(probs, rewards, s, ctx.dist) for s in self.psr_scales}
-        finest = results[max(self.psr_scales)]
         terms = {"loss": torch.stack([r.loss for r in results.values()]).mean(),
-                 "reward_mean": finest.reward_mean, "advantage_std": finest.advantage_std}
-        if len(results) > 1:
-            terms.update({f"reward_s{s:g}": r.reward_mean for s, r in results.items()})
+                 "top_class_share": top_class_share(probs)}
+        for scale, result in results.items():
+            terms.update(result.terms(scale))
         self.pending.append({k: float(v) for k, v in terms.items() if k != "loss"})
         return terms
 
@@ -185,21 +206,29 @@ class RSS(Method):
             save_png(self.plot_curves(ctx.output_dir.parent.name), ctx.output_dir / "rss_curves.png")
 
     def plot_curves(self, variant: str) -> Figure:
-        """Reward per PSR scale and the spread of the advantages, over the optimiser steps."""
+        """Per PSR scale the reward (mean, band of one std) and the advantages' mean and spread, and
+        the share of the top class, over the optimiser steps."""
         steps = [h["step"] for h in self.history]
-        fig = new_figure(figsize=(10, 3.6), layout="constrained")
-        left, right = fig.subplots(1, 2)
-        per_scale = {f"reward_s{s:g}": s for s in self.psr_scales}
-        if not all(k in self.history[0] for k in per_scale):  # one scale: only reward_mean
-            per_scale = {"reward_mean": self.psr_scales[0]}
-        for key, scale in per_scale.items():
-            left.plot(steps, [h[key] for h in self.history], label=f"scale {scale:g}")
-        left.set(xlabel="step", ylabel=f"mean reward per {'position' if self.spec.level == 'pixel' else 'map'}",
-                 title="reward")
-        left.legend()
-        right.plot(steps, [h["advantage_std"] for h in self.history])
-        right.set(xlabel="step", ylabel=f"std of advantages (scale {max(self.psr_scales):g})",
-                  title="advantage, PSD (r1 - r2 where maps differ)" if self.psd else "advantage, normalised")
+        fig = new_figure(figsize=(14, 3.6), layout="constrained")
+        reward_ax, advantage_ax, share_ax = fig.subplots(1, 3)
+        for k, scale in enumerate(self.psr_scales):
+            mean, std = (torch.tensor([h[f"{key}_s{scale:g}"] for h in self.history])
+                         for key in ("reward", "reward_std"))
+            reward_ax.plot(steps, mean, color=f"C{k}", label=f"scale {scale:g}")
+            reward_ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.15)
+            advantage_ax.plot(steps, [h[f"adv_std_s{scale:g}"] for h in self.history], color=f"C{k}",
+                              label=f"std, scale {scale:g}")
+            advantage_ax.plot(steps, [h[f"adv_mean_s{scale:g}"] for h in self.history], color=f"C{k}",
+                              linestyle=":", label=f"mean, scale {scale:g}")
+        unit = "position" if self.spec.level == "pixel" else "map"
+        reward_ax.set(xlabel="step", ylabel=f"reward per {unit} (band: one std)", title="reward")
+        advantage_ax.set(xlabel="step", ylabel="advantage", title="advantage, PSD (r1 - r2 where maps differ)"
+                         if self.psd else "advantage, normalised")
+        share_ax.plot(steps, [h["top_class_share"] for h in self.history], color="C3")
+        share_ax.set(xlabel="step", ylabel="share of the batch's pixels", ylim=(0, 1.02),
+                     title="the most predicted class (1: collapsed)")
+        reward_ax.legend(fontsize="small")
+        advantage_ax.legend(fontsize="x-small")
         fig.suptitle(f"{variant} (RSS): reward {self.spec.describe()}; N = {self.samples}, PSR {self.psr_scales}, "
                      f"PSD {'on' if self.psd else 'off'}")
         return fig

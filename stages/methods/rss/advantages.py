@@ -46,6 +46,35 @@ def normalised_advantages(rewards: torch.Tensor, valid: torch.Tensor, dist: Dist
     return torch.where(valid, adv, torch.zeros_like(adv)).to(rewards.dtype)
 
 
+def class_balanced_advantages(rewards: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor,
+                              num_classes: int, dist: DistContext | None = None,
+                              sync: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reward.balance`` (beyond the paper): pixel rewards normalised within each reference class
+    (its own baseline and spread), and loss weights that give each class present the same total.
+
+    ``classes`` (B, h, w) is each position's reference class (255: none). With one baseline for
+    all pixels, the majority class sets it: a rare class's pixels, mostly wrong, see "below
+    average" for almost every action and learn only from the rare right one. Returns the
+    advantages and the weights (both the shape of ``rewards``; weights average 1 over valid).
+    """
+    classes = classes.expand_as(rewards)
+    advantages = torch.zeros_like(rewards)
+    weights = torch.zeros_like(rewards)
+    for c in range(num_classes):
+        member = valid & (classes == c)
+        counts = torch.stack([member.sum().double()])
+        if sync and dist is not None:
+            counts = all_reduce_sum(counts, dist)
+        if counts.item() == 0:  # every process skips the same class: the all-reduces stay paired
+            continue
+        advantages = advantages + normalised_advantages(rewards, member, dist, sync)
+        weights = weights + member.to(weights.dtype) / counts.item()
+    totals = torch.stack([valid.sum().double(), weights.double().sum()])
+    if sync and dist is not None:
+        totals = all_reduce_sum(totals, dist)
+    return advantages, weights * (totals[0] / totals[1].clamp_min(1e-12)).to(weights.dtype)
+
+
 def broadcast_image_advantages(image_adv: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """The naive image-level advantage: each map's scalar (N, B) on all its positions (N, B, h, w)."""
     return image_adv[..., None, None].expand(*image_adv.shape, *grid)

@@ -49,6 +49,7 @@ class RewardSpec:
     metric: str = "miou"
     min_area: float = 0.01  # tags: share of the map's pixels above which a class counts as shown
     cam_weight: float = 0.5  # tags: weight of the confident-region term
+    balance: bool = False  # pixel level: baseline, spread and loss weight per reference class
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "RewardSpec":
@@ -69,6 +70,9 @@ class RewardSpec:
             raise InputError(f"reward.metric {spec.metric!r}: use {' or '.join(METRICS)}")
         if spec.source == "tags" and spec.level != "image":
             raise InputError("reward.source tags scores whole maps: it needs reward.level image")
+        if spec.balance and (spec.level != "pixel" or spec.source != "pseudo"):
+            raise InputError("reward.balance weighs pixels by their label's class: it needs reward.level pixel "
+                             "and reward.source pseudo")
         if not 0 <= spec.cam_weight <= 1 or not 0 <= spec.min_area < 1:
             raise InputError("reward.cam_weight must lie in [0, 1] and reward.min_area in [0, 1)")
         return spec
@@ -79,7 +83,7 @@ class RewardSpec:
             return f"tags (min area {self.min_area:g}, confident-region weight {self.cam_weight:g})"
         if self.source not in BUILTIN_SOURCES:
             return f"{self.source}, {self.level} level"
-        what = "agreement" if self.level == "pixel" else self.metric
+        what = ("class-balanced agreement" if self.balance else "agreement") if self.level == "pixel" else self.metric
         return f"the variant's labels, {self.level}-level {what}"
 
 

@@ -40,6 +40,18 @@ def pool_cells(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return sums / counts
 
 
+def cell_classes(reference: torch.Tensor, grid: tuple[int, int], num_classes: int,
+                 ignore: int = 255) -> torch.Tensor:
+    """Each cell's most frequent labelled class in ``reference`` (B, H, W); ``ignore`` where the
+    cell has no labelled pixel. At full resolution, the reference itself."""
+    if tuple(grid) == tuple(reference.shape[-2:]):
+        return reference
+    labelled = reference != ignore
+    onehot = F.one_hot(torch.where(labelled, reference, 0), num_classes).permute(0, 3, 1, 2).float()
+    shares = pool_cells(onehot * labelled[:, None], grid)
+    return torch.where(shares.sum(1) > 0, shares.argmax(1), ignore)
+
+
 def upsample_cells(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Each pixel of a (H, W) ``size`` takes the value of its cell in ``a`` (..., h, w)."""
     h, w = a.shape[-2:]
