@@ -240,7 +240,7 @@ def test_network_branches_and_symmetric_affinity(backbone: str) -> None:
     assert torch.equal(net(torch.ones(1, 3, 64, 64)), net(torch.ones(1, 3, 64, 64), train=True)["seg_logits"])
 
 
-@pytest.mark.parametrize("cam_head", ["cam", "random"])
+@pytest.mark.parametrize("cam_head", ["cam", "random", "zero"])
 def test_init_from_cam_copies_the_cam_head_only_when_asked(tmp_path: Path, cam_head: str) -> None:
     cam = CAMNet("resnet10t", num_classes=3)
     meta = {"backbone": "resnet10t", "weights": "none", "pooling": "gap", "num_classes": 3,
@@ -255,6 +255,7 @@ def test_init_from_cam_copies_the_cam_head_only_when_asked(tmp_path: Path, cam_h
     assert all(torch.equal(got[k], want[k]) for k in want), "the backbone comes either way"
     want = cam.classifier.weight if cam_head == "cam" else before
     assert torch.equal(net.classifier.weight, want)
+    assert (cam_head == "zero") == (not net.classifier.weight.any()), "only zero starts every logit at 0"
 
 
 # ---- PAR and online targets ------------------------------------------------------------------

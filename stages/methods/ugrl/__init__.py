@@ -59,7 +59,7 @@ from stages.runtime.hooks import StepContext
 
 TARGETS = ("cached", "online")
 POOLS = ("uncertainty", "random", "oracle")
-CAM_HEADS = ("cam", "random")
+CAM_HEADS = ("cam", "random", "zero")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class UGRL(Method):
     pool_per_class: bool = True  # K% of each class's pixels, not K% of the image's in one ranking
     normalise_weights: bool = True  # L_seg's weights divided by their mean over the batch's labelled pixels
     affinity_on_pool: bool = True
-    cam_head: str = "cam"  # with seg.init: cam, "cam" copies the CAM network's classifier; "random" does not
+    cam_head: str = "cam"  # with seg.init: cam, "cam" copies the CAM network's classifier; "random", "zero" do not
     k_percent: float = 35.0
     alpha: float = 0.5
     beta: float = 0.5
@@ -136,6 +136,8 @@ class UGRL(Method):
 
     def build_model(self, spec: SegmenterSpec, inputs: TrainInputs | None) -> nn.Module:
         model = UGRLNet(spec, self.d_seg)
+        if self.cam_head == "zero":  # class logits start at 0: no large first gradients into the backbone
+            nn.init.zeros_(model.classifier.weight)
         self.bank = PrototypeBank(spec.num_classes, model.backbone.feature_info.channels()[-1], self.d_cls, self.eta)
         self.pixels = PixelPrototypes(spec.num_classes, model.decoder.classifier.in_channels, self.eta)
         return model
