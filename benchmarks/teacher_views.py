@@ -1,15 +1,14 @@
 """The EIL teacher's passes of one exploration round: one image per pass against ``teacher_views``'
 batches, in one process.
 
-    python -m benchmarks.teacher_views [--images 400] [--updates 20] [--batch 8] [--repeats 3]
-        [--threads 1]
+    python -m benchmarks.teacher_views [--images 400] [--transitions 160] [--repeats 3] [--threads 1]
 
 The default toy set's training images (96 to 160 px, generated here) through the default run's
 segmenter (resnet18 + MLP decoder 64 wide, random weights: the time does not depend on them), run
-as ``inference_copy`` makes it. A round's passes are ``--updates`` policy updates of ``--batch``
-random images and one pass over every image for labelling. Three ways, alternating so that load
+as ``inference_copy`` makes it. A round's passes are ``--transitions`` random images explored for
+the policy's replay buffer and one pass over every image for labelling. Three ways, alternating so that load
 hits them alike: every image alone (the teacher before batching); the round as ``Explorer`` runs
-it (an update's images in one pass, padded to their common canvas; labelling in passes of images
+it (the explored images in passes of 8, each padded to its common canvas; labelling in passes of images
 of one canvas); and the labelling alone, one image per pass against canvas groups. Prints seconds
 per round (median of ``--repeats``) and the ratio against one image per pass.
 """
@@ -28,7 +27,7 @@ import torch
 from stages.data.images import load_rgb
 from stages.data.toy import generate_toy
 from stages.methods.eil.agent import PolicyAgent
-from stages.methods.eil.explore import Explorer, RoundSettings, teacher_views
+from stages.methods.eil.explore import PASS_BATCH, Explorer, RoundSettings, teacher_views
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import DistContext, native_bf16
 
@@ -42,8 +41,7 @@ def timed(passes: Callable[[], None]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=400)
-    p.add_argument("--updates", type=int, default=20, help="policy updates per round (eil's policy_updates)")
-    p.add_argument("--batch", type=int, default=8, help="images per update (eil's policy_batch)")
+    p.add_argument("--transitions", type=int, default=160, help="images explored per round (eil's transitions)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -56,11 +54,11 @@ def main() -> None:
         images = [load_rgb(index.image_path(i)) for i in index.ids("train_aug")]
     torch.manual_seed(0)
     teacher = Segmenter(SegmenterSpec("resnet18", "mlp", 9, decoder_width=64)).eval()
-    settings = RoundSettings("searcher_assessor", "two", 21.0, 0.1, args.updates, args.batch, 16, 10.0, True)
+    settings = RoundSettings("searcher_assessor", "two", 21.0, "px", 0.1, args.transitions, 200, 32, 16, 10.0, True)
     agent = PolicyAgent(64 + 2 * 9 + 1, 2, 32, 2, 1e-3, 0.9, 0.05)
     explorer = Explorer(teacher, agent, settings, 9, 2, torch.Generator().manual_seed(0), ctx)
     copy, ids = explorer.teacher, [str(i) for i in range(len(images))]
-    picks = np.random.default_rng(0).integers(len(images), size=(args.updates, args.batch))
+    picks = np.random.default_rng(0).integers(len(images), size=args.transitions).reshape(-1, PASS_BATCH)
 
     def singles(chosen: list[np.ndarray]) -> None:
         for image in chosen:
@@ -84,7 +82,7 @@ def main() -> None:
             times[name].append(timed(way))
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"resnet18 + mlp 64 ({'bf16' if ctx.bf16 else 'fp32'} inference copy), {args.threads} thread(s), "
-          f"{args.images} toy images, {args.updates} updates x {args.batch}; median of {args.repeats}")
+          f"{args.images} toy images, {args.transitions} explored; median of {args.repeats}")
     print("| passes | s per round | vs one per pass |\n|---|---|---|")
     for name, base in [("one image per pass", "one image per pass"), ("batched (Explorer)", "one image per pass"),
                        ("labelling, one per pass", "labelling, one per pass"),

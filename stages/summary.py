@@ -8,7 +8,9 @@ Rows of the table, by ``stage``, each with the ``split`` it was measured on:
 - ``refine``: one row per PL-Mix round, the refined network's CAM mIoU at its best threshold;
 - ``pseudo_labels``: per refinement, ``miou`` with ignored (255) pixels counted as background (the
   field's figure), ``miou_labelled`` over labelled pixels only, precision and coverage;
-- ``segmentation``: mIoU of each variant, single scale and multi-scale (+ CRF when run);
+- ``segmentation``: mIoU of each variant, single scale and multi-scale (+ CRF when run), and what
+  it learnt from (``supervision``: pseudo labels, scribbles with their density, GT masks for
+  ORACLE rows), so rows of different supervision are not read as equals;
 - one row per Snakemake benchmark file ``<rule>[-<wildcards>].tsv``: its wall-clock seconds
   (mean of the ``s`` column when a rule was benchmarked repeatedly) under ``stage`` = the rule and
   ``name`` = the wildcard values ("-" for a rule without wildcards).
@@ -27,13 +29,13 @@ import pandas as pd
 from stages.errors import InputError, run_stage
 from stages.io.atomic import atomic_path, write_text
 from stages.io.named_args import named_paths, named_values
-from stages.reporting.diagnostics import diagnostics_markdown
+from stages.reporting.diagnostics import EIL_ROUNDS, diagnostics_markdown
 from stages.reporting.figures import new_figure, save_png
 from stages.reporting.per_class import per_class_long, per_class_markdown
 from stages.reporting.tables import read_csv, to_markdown
 
-COLUMNS = ["stage", "name", "split", "miou", "miou_labelled", "miou_multiscale", "miou_multiscale_crf",
-           "precision", "coverage", "threshold", "seconds"]
+COLUMNS = ["stage", "name", "split", "supervision", "miou", "miou_labelled", "miou_multiscale",
+           "miou_multiscale_crf", "precision", "coverage", "threshold", "seconds"]
 SEG_MODE_COLUMNS = {"single": "miou", "multiscale": "miou_multiscale", "multiscale+crf": "miou_multiscale_crf"}
 MODE_LABELS = {"miou": "single scale", "miou_multiscale": "multi-scale + flip",
                "miou_multiscale_crf": "multi-scale + flip + CRF"}
@@ -43,6 +45,8 @@ NOT_CURVES = {"step", "epoch", "img_per_s", "skipped"}  # training-metrics colum
 DETAIL_PREFIXES = ("lr_", "reward_std_", "adv_")
 NOTES = {  # summary.md's key to the columns, for those the table has
     "split": "the split every score of the row was measured on",
+    "supervision": "what a segmenter learnt from; for scribbles, the share of pixels they label (of the pixels "
+                   "with ground truth on the train images the variant trains on)",
     "miou": "pseudo labels: an ignored (255) pixel counts as background, as in IRN's evaluation and "
             "the papers; this is the figure to compare with published ones. cam, refine: at the "
             "best background threshold (`threshold`). segmentation: single scale",
@@ -95,7 +99,26 @@ def pseudo_rows(summaries: dict[str, Path], split: str) -> list[dict]:
     return rows
 
 
-def variant_rows(metrics: dict[str, Path], split: str) -> list[dict]:
+def scribble_density(outputs: Path | None) -> float | None:
+    """The scribbles' coverage (round 0 of EIL's rounds.csv), where the variant has one."""
+    path = None if outputs is None else outputs / EIL_ROUNDS
+    if path is None or not path.is_file():
+        return None
+    frame = read_csv(path, ["round", "coverage"])
+    first = frame[frame["round"] == 0]
+    return None if first.empty else float(first["coverage"].iloc[0])
+
+
+def supervision_labels(supervision: dict[str, str], outputs: dict[str, Path]) -> dict[str, str]:
+    """Each variant's supervision, scribbles with their density when measured."""
+    labels = {}
+    for name, text in supervision.items():
+        density = scribble_density(outputs.get(name)) if text.startswith("scribbles") else None
+        labels[name] = text if density is None else f"{text}, {100 * density:.1f}% of pixels"
+    return labels
+
+
+def variant_rows(metrics: dict[str, Path], split: str, supervision: dict[str, str] | None = None) -> list[dict]:
     rows = []
     for name, path in metrics.items():
         frame = read_csv(path, ["mode", "miou"])
@@ -103,6 +126,7 @@ def variant_rows(metrics: dict[str, Path], split: str) -> list[dict]:
         if unknown:
             raise InputError(f"{path}: unknown evaluation mode(s) {sorted(unknown)}")
         rows.append({"stage": "segmentation", "name": name, "split": split,
+                     "supervision": (supervision or {}).get(name),
                      **{SEG_MODE_COLUMNS[m]: v for m, v in zip(frame["mode"], frame["miou"])}})
     return rows
 
@@ -127,10 +151,11 @@ def benchmark_seconds(path: Path) -> float:
 
 
 def summary_table(cam_best: dict[str, Path], pseudo: dict[str, Path], variants: dict[str, Path], benchmarks: Path,
-                  rounds: dict[str, Path] | None = None, *, cam_split: str, seg_split: str) -> pd.DataFrame:
+                  rounds: dict[str, Path] | None = None, *, cam_split: str, seg_split: str,
+                  supervision: dict[str, str] | None = None) -> pd.DataFrame:
     """``cam_split``: where CAMs, rounds and pseudo labels were scored; ``seg_split``: the segmenters."""
     rows = [*cam_rows(cam_best, cam_split), *refine_rows(rounds or {}, cam_split), *pseudo_rows(pseudo, cam_split),
-            *variant_rows(variants, seg_split), *benchmark_rows(benchmarks)]
+            *variant_rows(variants, seg_split, supervision), *benchmark_rows(benchmarks)]
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.dropna(axis=1, how="all")
 
@@ -289,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the refinement whose pseudo labels each variant trains on; a variant without is not listed")
     p.add_argument("--method-outputs", nargs="*", default=[], metavar="NAME=DIR",
                    help="each variant's outputs folder, where UGRL and EIL leave their reports")
+    p.add_argument("--variant-supervision", nargs="*", default=[], metavar="NAME=TEXT",
+                   help="what each variant learns from (the summary's supervision column)")
     p.add_argument("--cam-split", required=True,
                    help="split the CAMs, PL-Mix rounds and pseudo labels were scored on (cam.eval.split)")
     p.add_argument("--seg-split", required=True, help="split the segmenters were evaluated on")
@@ -305,9 +332,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rounds = named_paths(args.refine_rounds, "--refine-rounds")
+    outputs = named_paths(args.method_outputs, "--method-outputs")
+    supervision = supervision_labels(named_values(args.variant_supervision, "--variant-supervision", "NAME=TEXT"),
+                                     outputs)
     table = summary_table(named_paths(args.cam_best, "--cam-best"), named_paths(args.pseudo, "--pseudo"),
                           named_paths(args.variant, "--variant"), args.benchmarks, rounds,
-                          cam_split=args.cam_split, seg_split=args.seg_split)
+                          cam_split=args.cam_split, seg_split=args.seg_split, supervision=supervision)
     plot_variants(table, args.out_plot_variants)
     plot_curves(named_paths(args.train_metrics, "--train-metrics"), args.out_plot_curves, rounds, args.cam_split)
     per_class = per_class_long(named_paths(args.variant_per_class, "--variant-per-class"),
@@ -316,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(args.out_per_class) as tmp:
         per_class.to_csv(tmp, index=False)
     write_text(args.out_md, summary_markdown(table) + per_class_markdown(per_class, args.cam_split, args.seg_split)
-               + diagnostics_markdown(named_paths(args.method_outputs, "--method-outputs")))
+               + diagnostics_markdown(outputs))
     with atomic_path(args.out_csv) as tmp:
         table.to_csv(tmp, index=False)
     print(to_markdown(table), file=sys.stderr)

@@ -4,6 +4,7 @@ exploration round, the config checks, and the method end to end in the tiny conf
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,23 @@ from stages.data.index import VOC_CLASSES, DatasetIndex
 from stages.data.scribble_sources import StrokeSettings, write_scribble_source
 from stages.data.scribbles import erode, render_scribblesup_xml
 from stages.data.toy import generate_toy
+from stages.errors import InputError
 from stages.io.checkpoint import load_checkpoint
 from stages.io.label_png import IGNORE, read_label, write_label
+from stages.methods.eil import EIL
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.critic import class_fractions, critic_value
+from stages.methods.eil.diagnostics import (
+    Additions,
+    Proposal,
+    additions,
+    precision,
+    random_precision_at,
+    round_diagnostics,
+)
 from stages.methods.eil.explore import Explorer, teacher_views
-from stages.methods.eil.inference import class_thresholds, infer_labels
+from stages.methods.eil.inference import class_thresholds, infer_labels, radius_in_pixels
+from stages.methods.eil.replay import ReplayBuffer, Transitions
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import DistContext
 
@@ -158,11 +170,28 @@ def test_label_inference_respects_radius_thresholds_and_classes() -> None:
     assert (own[:, :15][grown[:, :15]] == 1).all() and (own[:, 15:] == IGNORE).all()  # 0.7 > 0.6, 0.9 < 0.95
 
 
+def test_radii_scale_with_the_image() -> None:
+    assert radius_in_pixels(0.1, "fraction", (100, 200)) == 20.0  # the longer side
+    assert radius_in_pixels(8, "px", (100, 200)) == 8.0
+    grown = {}
+    for side in (40, 80):
+        label = np.full((side, side), IGNORE, np.uint8)
+        label[side // 2, side // 2] = 1
+        probs = np.stack([np.full((side, side), 0.1), np.full((side, side), 0.9)])
+        out = infer_labels(label, probs, np.array([0.5, 0.5]), radius_in_pixels(0.1, "fraction", (side, side)))
+        grown[side] = int((out == 1).sum())
+    assert grown[80] > 3.5 * grown[40]  # twice the side, twice the radius: about four times the disc
+    with pytest.raises(InputError, match="radius_unit: px"):
+        EIL(radii=[0.1, 21])
+    EIL(radii=[21, 41], radius_unit="px")
+
+
 # -- the exploratory operators ---------------------------------------------------------------------
 
 def _agent(rate: float = 0.1) -> tuple[PolicyAgent, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
-    agent = PolicyAgent(in_channels=5, action_dim=2, width=8, blocks=1, lr=0.01, gamma=0.9, target_rate=rate)
+    agent = PolicyAgent(in_channels=5, action_dim=2, width=8, blocks=1, lr=0.01, gamma=0.9, target_rate=rate,
+                        searcher_steps=100)
     g = torch.Generator().manual_seed(1)
     batch = (torch.randn(4, 5, 6, 6, generator=g), torch.rand(4, 2, generator=g),
              torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.randn(4, 5, 6, 6, generator=g))
@@ -214,6 +243,68 @@ def test_one_ddpg_update_moves_q_toward_its_target() -> None:
     assert agent.assessor(state, agent.searcher(state)).mean() != q_before  # the searcher moved too
 
 
+def test_the_assessor_starts_at_zero_and_fits_a_reward_from_its_replay_buffer() -> None:
+    """Reward 2 a_0 - 1 (a_0 the first threshold); gamma 0, so Q should become the reward itself.
+    Transitions arrive in 'rounds' and stay in the buffer."""
+    torch.manual_seed(0)
+    agent = PolicyAgent(in_channels=3, action_dim=2, width=8, blocks=1, lr=0.01, gamma=0.0, target_rate=0.1,
+                        searcher_steps=300)
+    g = torch.Generator().manual_seed(0)
+    replay = ReplayBuffer(capacity=1000)
+
+    def round_of(n: int) -> Transitions:
+        action = torch.rand(n, 2, generator=g)
+        reward = 2 * action[:, 0] - 1
+        return Transitions(torch.randn(n, 3, 4, 4, generator=g), action, reward, torch.randn(n, 3, 4, 4, generator=g),
+                           torch.rand(n, 2, generator=g))
+
+    held_out = round_of(64)
+    assert (agent.assessor(held_out.state, held_out.action) == 0).all()  # no sign before any reward
+    before = agent.assess(**vars(held_out))
+    assert math.isnan(before["q_reward_corr"])
+    assert before["td_loss"] == pytest.approx(float((held_out.reward ** 2).mean()))
+    for _ in range(3):
+        replay.add(round_of(64))
+        for _ in range(60):
+            agent.ddpg_update(**vars(replay.sample(32, g).to(torch.device("cpu"))), train_searcher=False)
+    assert len(replay) == 192 and replay.data.state.dtype == torch.float16
+    after = agent.assess(**vars(held_out))
+    assert after["q_reward_corr"] > 0.9 and after["td_loss"] < 0.3 * before["td_loss"], after
+
+
+def test_replay_buffer_keeps_the_newest_and_rounds_reload_exactly(tmp_path: Path) -> None:
+    replay = ReplayBuffer(capacity=5)
+    for start in (0, 3):
+        reward = torch.arange(start, start + 3, dtype=torch.float32)
+        replay.add(Transitions(torch.randn(3, 2, 2, 2), torch.rand(3, 1), reward, torch.randn(3, 2, 2, 2)))
+    assert replay.data.reward.tolist() == [1, 2, 3, 4, 5]
+    fresh = Transitions(torch.randn(2, 2, 2, 2), torch.rand(2, 1), torch.ones(2), torch.randn(2, 2, 2, 2))
+    fresh.save(tmp_path / "t.pt")
+    back = Transitions.load(tmp_path / "t.pt")
+    assert torch.equal(back.state, fresh.stored().state) and back.next_action is None
+
+
+def test_diagnostics_on_hand_made_proposals() -> None:
+    gt = np.array([[0, 0, 1, 1, IGNORE]], np.uint8)
+    old = np.array([[0, IGNORE, IGNORE, 1, IGNORE]], np.uint8)
+    new = np.array([[0, 0, 0, 1, 1]], np.uint8)  # one right, one wrong, one where GT is unknown
+    a = additions(old, new, gt)
+    assert (a.added, a.correct, a.known, a.precision) == (2, 1, 4, 0.5)
+    assert precision(old, gt) == 1.0 and precision(new, gt) == 0.75
+    randoms = [Additions(10, 8, 100), Additions(30, 12, 100), Additions(0, 0, 100)]
+    assert random_precision_at(20, randoms) == pytest.approx(0.6)  # between 0.8 at 10 and 0.4 at 30
+    assert random_precision_at(50, randoms) == pytest.approx(0.4) and math.isnan(random_precision_at(5, []))
+    proposals = [Proposal(reward=r, adopted=r > 0, delta_precision=d, additions=Additions(10, c, 100),
+                          random_precision=0.5)
+                 for r, d, c in [(0.3, -0.01, 9), (0.1, -0.05, 7), (-0.1, -0.1, 4), (-0.2, -0.2, 2)]]
+    row = round_diagnostics(proposals)
+    assert row["reward_precision_spearman"] == pytest.approx(1.0)
+    assert row["adopted_precision"] == pytest.approx(0.8) and row["rejected_precision"] == pytest.approx(0.3)
+    assert row["adopted_coverage"] == pytest.approx(0.1) and row["adopted_proposals"] == 2
+    assert row["proposal_precision"] == pytest.approx(0.55) and row["random_precision"] == pytest.approx(0.5)
+    assert math.isnan(round_diagnostics(proposals[:1])["reward_precision_spearman"])
+
+
 def test_target_networks_track_at_the_configured_rate() -> None:
     agent, batch = _agent(rate=0.25)
     old = {name: p.detach().clone() for name, p in agent.named_parameters() if name.startswith("target_")}
@@ -236,8 +327,8 @@ class Killed(Exception):
 
 
 def _train(toy: DatasetIndex, scribbles: Path, out: Path, **options) -> None:
-    options = {"pretrain_steps": 2, "explore_every": 2, "radii": [8, 16], "policy_updates": 2,
-               "policy_batch": 3, "policy_width": 8, "state_grid": 8, "show_images": 2, **options}
+    options = {"pretrain_steps": 2, "explore_every": 2, "radii": [8, 16], "radius_unit": "px", "transitions": 3,
+               "policy_updates": 2, "policy_batch": 3, "policy_width": 8, "state_grid": 8, "show_images": 2, **options}
     argv = stage_argv({
         "index": toy.root.parent / "index.json", "split": "train_aug", "method": "eil",
         "method_options": json.dumps(options), "scribbles": scribbles, "backbone": "resnet10t", "weights": "none",
@@ -256,16 +347,22 @@ def test_a_kill_during_exploration_resumes_at_that_round(toy, tmp_path, monkeypa
     rounds = pd.read_csv(whole / "outputs" / "rounds.csv")
     assert rounds["round"].tolist() == [0, 1, 2] and rounds["step"].tolist() == [0, 2, 4]
     assert rounds["radius"].tolist()[1:] == [8, 16]
+    diagnostics = ["q_reward_corr_before", "q_reward_corr", "td_loss_first", "td_loss_last", "proposals",
+                   "reward_precision_spearman", "adopted_precision", "rejected_precision", "proposal_precision",
+                   "random_precision"]
+    assert set(diagnostics) <= set(rounds.columns) and (rounds["proposals"].iloc[1:] > 0).all()
+    assert rounds["replay"].iloc[1:].tolist() == [3, 6]  # round 2 learns from round 1's transitions too
+    assert all((whole / "state" / f"round{r}" / "transitions.pt").is_file() for r in (1, 2))
     assert (whole / "outputs" / "rounds.png").is_file() and (whole / "outputs" / "rounds_labels.png").is_file()
     assert len(list((whole / "outputs").glob("labels_round2_*.png"))) == 2
 
     relabel = Explorer.relabel
 
-    def dies_in_round_two(self, ids, image, label, write):
+    def dies_in_round_two(self, ids, image, label, write, truth):
         if self.s.radius == 16:
             write(ids[0], label(ids[0]))  # a half-written round
             raise Killed
-        return relabel(self, ids, image, label, write)
+        return relabel(self, ids, image, label, write, truth)
 
     monkeypatch.setattr(Explorer, "relabel", dies_in_round_two)
     with pytest.raises(Killed):

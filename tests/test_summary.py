@@ -66,6 +66,7 @@ def cli(d: Path) -> list[str]:
             "--variant-per-class", f"ce={d / 'eval_class_ce.csv'}", f"rss={d / 'eval_class_rss.csv'}",
             "--variant-labels", "ce=plmix", "rss=none",
             "--method-outputs", f"ce={d / 'outputs_ce'}", f"rss={d / 'outputs_rss'}",
+            "--variant-supervision", "ce=pseudo labels (plmix)", "rss=GT masks (ORACLE)",
             "--benchmarks", str(d / "benchmarks"), "--out-csv", str(d / "out" / "summary.csv"),
             "--out-per-class", str(d / "out" / "per_class.csv"),
             "--out-md", str(d / "out" / "summary.md"), "--out-plot-variants", str(d / "out" / "variants.png"),
@@ -90,6 +91,7 @@ def test_table_contents(inputs) -> None:
     assert plmix.split == "train"
     ce, rss = rows["segmentation", "ce"], rows["segmentation", "rss"]
     assert ce.split == "val" and pd.isna(rows["train_cam", "-"].split)
+    assert (ce.supervision, rss.supervision) == ("pseudo labels (plmix)", "GT masks (ORACLE)")
     assert (ce.miou, ce.miou_multiscale) == (0.6, 0.62) and pd.isna(ce.miou_multiscale_crf)
     assert (rss.miou, rss.miou_multiscale, rss.miou_multiscale_crf) == (0.64, 0.65, 0.67)
     assert rows["train_cam", "-"].seconds == 120.5
@@ -97,12 +99,12 @@ def test_table_contents(inputs) -> None:
     assert pd.isna(rows["train_seg", "ce"].miou)
 
     md = (d / "out" / "summary.md").read_text().splitlines()
-    start = md.index("| stage | name | split | miou | miou_labelled | miou_multiscale | miou_multiscale_crf "
-                     "| precision | coverage | threshold | seconds |")
+    start = md.index("| stage | name | split | supervision | miou | miou_labelled | miou_multiscale "
+                     "| miou_multiscale_crf | precision | coverage | threshold | seconds |")
     table_lines = md[start:md.index("", start)]
     assert len(table_lines) == 2 + 10
-    assert "| pseudo_labels | plmix | train | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 |  |  |" in table_lines
-    assert "| segmentation | rss | val | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[9]
+    assert "| pseudo_labels | plmix | train |  | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 |  |  |" in table_lines
+    assert "| segmentation | rss | val | GT masks (ORACLE) | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[9]
     assert table_lines[-1].startswith("| train_seg | ce |") and table_lines[-1].endswith("| 35.0 |")
     notes = "\n".join(md[md.index("Columns:"):])
     assert "`miou`: pseudo labels: an ignored (255) pixel counts as background" in notes
@@ -110,6 +112,16 @@ def test_table_contents(inputs) -> None:
     for png in ("variants.png", "curves.png"):
         with Image.open(d / "out" / png) as im:
             assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_scribble_rows_carry_their_density(tmp_path) -> None:
+    (tmp_path / "eil").mkdir()
+    (tmp_path / "eil" / "rounds.csv").write_text("round,step,precision,coverage\n0,0,1.0,0.0312\n1,60,0.9,0.2\n")
+    labels = summary.supervision_labels({"eil": "scribbles (synthetic)", "eil_bare": "scribbles (dataset)",
+                                         "ce": "pseudo labels (none)"},
+                                        {"eil": tmp_path / "eil", "eil_bare": tmp_path / "none", "ce": tmp_path})
+    assert labels == {"eil": "scribbles (synthetic), 3.1% of pixels", "eil_bare": "scribbles (dataset)",
+                      "ce": "pseudo labels (none)"}
 
 
 def test_columns_nobody_filled_are_dropped(inputs) -> None:

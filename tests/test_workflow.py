@@ -81,6 +81,10 @@ def test_end_to_end_outputs(tiny_run):
     assert len(list((results / "pseudo_labels/plmix_irn/train_aug").glob("*.png"))) == 24
     summary = (results / "summary/summary.csv").read_text()
     assert "plmix_irn" in summary
+    table = pd.read_csv(results / "summary/summary.csv")
+    supervision = table[table["stage"] == "segmentation"].set_index("name")["supervision"]
+    assert supervision["ce"] == "pseudo labels (none)" and supervision["ugrl"] == "pseudo labels (plmix)"
+    assert supervision["eil"].startswith("scribbles (synthetic), ") and supervision["eil"].endswith("% of pixels")
     # nothing is left to do after a complete run
     assert planned_jobs(workdir, workdir / "config.yaml") == {}
 

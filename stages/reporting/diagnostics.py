@@ -23,7 +23,9 @@ UGRL_POOL = "pool_precision.csv"
 UGRL_UNCERTAINTY = "class_uncertainty.csv"
 UGRL_MECHANISM = "mechanism.csv"
 EIL_ROUNDS = "rounds.csv"
-EIL_COLUMNS = ["round", "step", "precision", "coverage", "adopted"]  # those shown, when present
+EIL_COLUMNS = [  # those shown, when present
+    "round", "step", "precision", "coverage", "adopted", "reward_precision_spearman", "q_reward_corr",
+    "adopted_precision", "rejected_precision", "proposal_precision", "random_precision"]
 UNCERTAIN_SHOWN = 3  # classes named in UGRL's row
 LATE_SHARE = 0.25  # "at the end": the last quarter of the steps
 
@@ -102,5 +104,8 @@ def diagnostics_markdown(outputs: dict[str, Path]) -> str:
         table = table[["variant", *(c for c in table.columns if c != "variant")]]
         text += ("EIL: labels after each round against ground truth (round 0: the scribbles); precision over "
                  "labelled pixels, coverage of pixels with ground truth; `adopted`: share of label maps the "
-                 "round replaced.\n\n" + to_markdown(table) + "\n")
+                 "round replaced; `reward_precision_spearman`: does the critic's reward rank proposals by their "
+                 "true change in precision; `q_reward_corr`: the assessor's Q against the round's rewards; "
+                 "precision of the pixels added by adopted, rejected, the policy's and random proposals (random "
+                 "at the policy's coverage).\n\n" + to_markdown(table) + "\n")
     return text

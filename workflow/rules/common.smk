@@ -95,6 +95,18 @@ def oracle_uses(variant):
     return uses
 
 
+def supervision(variant):
+    """What a variant learns from, as the summary labels its row (ORACLE where it reads GT)."""
+    if variant.get("scribbles"):
+        return f"scribbles ({variant['scribbles']})"
+    source = variant.get("pseudo_labels")
+    if source == GT_LABELS:
+        return "GT masks (ORACLE)"
+    if source:
+        return f"pseudo labels ({source})"
+    return "image-level labels"
+
+
 def cli(options, exclude=()):
     """A config mapping as command-line arguments: crop_size: 128 -> ["--crop-size", "128"].
 

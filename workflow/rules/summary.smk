@@ -66,6 +66,10 @@ rule summary:
             for v, options in sorted(VARIANTS.items())
             if options.get("pseudo_labels") not in (None, GT_LABELS)
         ],
+        # sorted: the config's order is no setting
+        variant_supervision=[
+            f"{v}={supervision(options)}" for v, options in sorted(VARIANTS.items())
+        ],
         method_outputs=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.method_outputs)
         ],
@@ -88,6 +92,7 @@ rule summary:
         " --variant {params.variants:q} --train-metrics {params.curves:q} --refine-rounds {params.rounds:q}"
         " --pseudo-per-class {params.pseudo_per_class:q} --variant-per-class {params.variant_per_class:q}"
         " --variant-labels {params.variant_labels:q} --method-outputs {params.method_outputs:q}"
+        " --variant-supervision {params.variant_supervision:q}"
         " --cam-split {params.cam_split:q} --seg-split {params.seg_split:q} --benchmarks results/benchmarks"
         " --out-csv {output.csv:q} --out-per-class {output.per_class:q} --out-md {output.md:q}"
         " --out-plot-variants {output.variants:q} --out-plot-curves {output.curves:q} > {log:q} 2>&1"

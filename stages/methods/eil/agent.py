@@ -5,16 +5,19 @@ each with a target copy, trained as in DDPG (Lillicrap et al.), which the paper 
   a sigmoid, so every action component is a probability threshold in [0, 1].
 - Assessor: the same kind of state trunk, its pooled vector joined with the action, then a
   two-layer head giving Q(s, a).
+  Its last layer starts at zero, so Q starts at 0 for every state and action and moves only as
+  rewards teach it (a random last layer set Q's sign, hence adoption, per seed).
 - One update (``ddpg_update``): the assessor regresses Q(s, a) on ``r + gamma * Q'(s', a')``
   (MSE), with a' = phi'(s') from the target searcher, or a random action when the policy itself
   is random; then the searcher follows ``-Q(s, phi(s))``; then both target networks move
   ``target_rate`` of the way toward their networks.
 
-Reconstructed (the paper uses ResNet34 trunks, SGD with momentum 0.9 and weight decay 0.02 and a
-cosine schedule, and gives no target rate): the trunks are ``blocks`` residual blocks of
-``width`` channels with GroupNorm (batches of a few states) on a ``grid`` x ``grid`` state;
-Adam at ``lr`` (tens of updates per round on a CPU, where plain SGD barely moves); target rate
-0.05 (DDPG's 0.001 assumes millions of updates).
+The searcher's optimiser is the paper's (SGD, momentum 0.9, weight decay 0.02, cosine schedule
+over all its updates; ``searcher_optimizer: adam`` for Adam at ``lr``). Reconstructed (the paper
+uses ResNet34 trunks and gives no target rate): the trunks are ``blocks`` residual blocks of
+``width`` channels with GroupNorm (batches of a few states) on a ``grid`` x ``grid`` state; the
+assessor uses Adam at ``lr`` (a CPU round affords hundreds of updates, where SGD at the paper's
+rate barely moves a regression); target rate 0.05 (DDPG's 0.001 assumes millions of updates).
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ class Assessor(nn.Module):
         super().__init__()
         self.trunk = StateTrunk(in_channels, width, blocks)
         self.head = nn.Sequential(nn.Linear(width + action_dim, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.trunk(state), action], dim=1))[:, 0]
@@ -76,18 +81,31 @@ def soft_update(target: nn.Module, source: nn.Module, rate: float) -> None:
         t.lerp_(s, rate)
 
 
+SEARCHER_OPTIMIZERS = ("sgd", "adam")
+PAPER_SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.02}  # EIL's exploratory operators
+
+
 class PolicyAgent(nn.Module):
-    """Searcher, assessor, their target copies and their two optimisers."""
+    """Searcher, assessor, their target copies, their two optimisers and the searcher's schedule
+    (cosine over ``searcher_steps`` updates)."""
 
     def __init__(self, in_channels: int, action_dim: int, width: int, blocks: int, lr: float,
-                 gamma: float, target_rate: float) -> None:
+                 gamma: float, target_rate: float, searcher_optimizer: str = "sgd", searcher_steps: int = 1) -> None:
         super().__init__()
+        if searcher_optimizer not in SEARCHER_OPTIMIZERS:
+            known = ", ".join(SEARCHER_OPTIMIZERS)
+            raise ValueError(f"searcher_optimizer {searcher_optimizer!r} is not one of {known}")
         self.action_dim, self.gamma, self.target_rate = action_dim, gamma, target_rate
         self.searcher = Searcher(in_channels, action_dim, width, blocks)
         self.assessor = Assessor(in_channels, action_dim, width, blocks)
         self.target_searcher = copy.deepcopy(self.searcher).requires_grad_(False)
         self.target_assessor = copy.deepcopy(self.assessor).requires_grad_(False)
-        self.searcher_optimizer = torch.optim.Adam(self.searcher.parameters(), lr=lr)
+        if searcher_optimizer == "sgd":
+            self.searcher_optimizer = torch.optim.SGD(self.searcher.parameters(), **PAPER_SGD)
+        else:
+            self.searcher_optimizer = torch.optim.Adam(self.searcher.parameters(), lr=lr)
+        self.searcher_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.searcher_optimizer,
+                                                                            T_max=max(searcher_steps, 1))
         self.assessor_optimizer = torch.optim.Adam(self.assessor.parameters(), lr=lr)
 
     def bellman_target(self, reward: torch.Tensor, next_state: torch.Tensor,
@@ -113,17 +131,32 @@ class PolicyAgent(nn.Module):
             self.searcher_optimizer.zero_grad(set_to_none=True)
             searcher_loss.backward()  # the assessor's gradients are dropped at its next zero_grad
             self.searcher_optimizer.step()
+            self.searcher_schedule.step()
             terms["searcher_loss"] = float(searcher_loss.detach())
             soft_update(self.target_searcher, self.searcher, self.target_rate)
         soft_update(self.target_assessor, self.assessor, self.target_rate)
         return terms
 
+    @torch.no_grad()
+    def assess(self, state: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_state: torch.Tensor,
+               next_action: torch.Tensor | None = None) -> dict[str, float]:
+        """How Q(s, a) stands against the observed rewards of a batch: means, their Pearson
+        correlation (NaN when either is constant) and the TD loss against the Bellman target."""
+        q = self.assessor(state, action)
+        td = float(F.mse_loss(q, self.bellman_target(reward, next_state, next_action)))
+        centred_q, centred_r = q - q.mean(), reward - reward.mean()
+        scale = float(centred_q.norm() * centred_r.norm())
+        corr = float((centred_q * centred_r).sum()) / scale if scale > 0 else float("nan")
+        return {"q": float(q.mean()), "reward": float(reward.mean()), "q_reward_corr": corr, "td_loss": td}
+
     def full_state(self) -> dict[str, Any]:
         """Networks and optimiser states: what a checkpoint keeps."""
         return {"networks": self.state_dict(), "searcher_optimizer": self.searcher_optimizer.state_dict(),
+                "searcher_schedule": self.searcher_schedule.state_dict(),
                 "assessor_optimizer": self.assessor_optimizer.state_dict()}
 
     def load_full_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["networks"])
         self.searcher_optimizer.load_state_dict(state["searcher_optimizer"])
+        self.searcher_schedule.load_state_dict(state["searcher_schedule"])
         self.assessor_optimizer.load_state_dict(state["assessor_optimizer"])

@@ -5,16 +5,19 @@ The state of an image is what the EMA teacher sees (paper: s = (F, P, M)): its d
 plus an "unlabelled" fraction, all pooled to a ``grid`` x ``grid`` tensor (reconstructed: the
 paper does not give its state encoding).
 
-Phase 1 (policy learning, policies with an assessor): ``policy_updates`` DDPG updates, each on
-``policy_batch`` images drawn at random. For each image the action is the searcher's plus
-Gaussian noise (``noise_std``), or uniform random for the random policies; H(M, a) gives M';
-the reward is ``V(M', F) - V(M, F)`` and the next state s' = (F, P, M'). Reconstructed: the
-reward uses the teacher's features of this round for both maps (the paper's F' comes from the
-segmenter after it trained on M', which would delay every transition by a whole round).
+Phase 1 (policy learning, policies with an assessor): ``transitions`` images drawn at random,
+each explored once: the action is the searcher's plus Gaussian noise (``noise_std``), or uniform
+random for the random policies; H(M, a) gives M'; the reward is ``V(M', F) - V(M, F)`` and the
+next state s' = (F, P, M'). The transitions join a replay buffer kept across rounds
+(``replay``), and ``policy_updates`` DDPG updates run on mini-batches of ``policy_batch`` drawn
+from it. Reconstructed: the reward uses the teacher's features of this round for both maps (the
+paper's F' comes from the segmenter after it trained on M', which would delay every transition
+by a whole round).
 
 Phase 2 (labelling, every training image): the searcher's action without noise (or a random
 one), M' = H(M, a), adopted only where the assessor scores Q(s, a) > 0 (paper Eq. 13); the
-``random`` policy adopts every M'.
+``random`` policy adopts every M'. Images with a mask (reporting only) are also measured
+(``diagnostics``).
 """
 from __future__ import annotations
 
@@ -31,7 +34,16 @@ from stages.data.tensors import to_tensor
 from stages.io.label_png import IGNORE
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.critic import class_fractions, critic_value
-from stages.methods.eil.inference import class_thresholds, infer_labels
+from stages.methods.eil.diagnostics import (
+    RANDOM_ACTIONS,
+    Proposal,
+    additions,
+    precision,
+    random_precision_at,
+    round_diagnostics,
+)
+from stages.methods.eil.inference import class_thresholds, infer_labels, radius_in_pixels
+from stages.methods.eil.replay import ReplayBuffer, Transitions
 from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
@@ -98,7 +110,9 @@ class RoundSettings:
     policy: str
     action_space: str
     radius: float
+    radius_unit: str
     noise_std: float
+    transitions: int
     policy_updates: int
     policy_batch: int
     grid: int
@@ -110,8 +124,8 @@ class Explorer:
     """One round over the training images; images and current labels come through callables.
 
     The teacher runs as ``inference_copy`` makes it (bf16 weights where the training computes in
-    bf16), on batches (``teacher_views``): an update's ``policy_batch`` images share one pass, and
-    the labelling passes group images of one canvas. Its passes are most of a round's time.
+    bf16), on batches (``teacher_views``): explored images share passes of ``PASS_BATCH``, and the
+    labelling passes group images of one canvas. Its passes are most of a round's time.
     """
 
     def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings,
@@ -119,6 +133,8 @@ class Explorer:
         self.teacher, self.agent, self.s = inference_copy(teacher, dist).eval(), agent, settings
         self.num_classes, self.action_dim = num_classes, action_dim
         self.generator, self.dist = generator, dist
+        # the diagnostics' random draws have their own stream, so measuring never shifts the policy's
+        self.diagnostic_generator = torch.Generator().manual_seed(generator.initial_seed() + 2**32)
 
     @property
     def uses_assessor(self) -> bool:
@@ -139,7 +155,8 @@ class Explorer:
 
     def _infer(self, view: TeacherView, label: np.ndarray, action: torch.Tensor) -> np.ndarray:
         thresholds = class_thresholds(action.cpu().numpy(), self.s.action_space, self.num_classes)
-        return infer_labels(label, view.probs, thresholds, self.s.radius, self.s.restrict_classes)
+        radius = radius_in_pixels(self.s.radius, self.s.radius_unit, label.shape)
+        return infer_labels(label, view.probs, thresholds, radius, self.s.restrict_classes)
 
     def views_by_canvas(self, ids: list[str], image: Callable[[str], np.ndarray]) -> Iterator[tuple[str, TeacherView]]:
         """Every image's view, from passes over images of one canvas: each view is the image's
@@ -148,36 +165,57 @@ class Explorer:
         for group_ids, images in grouped_batches(stream, PASS_BATCH, key=_canvas):
             yield from zip(group_ids, teacher_views(self.teacher, images, self.dist))
 
-    def learn(self, ids: list[str], image: Callable[[str], np.ndarray],
-              label: Callable[[str], np.ndarray]) -> dict[str, float]:
-        """Phase 1: DDPG updates on transitions of randomly drawn images; mean reward and losses."""
-        if not self.uses_assessor:
-            return {}
-        rewards, terms = [], []
-        for _ in range(self.s.policy_updates):
-            picks = torch.randint(len(ids), (self.s.policy_batch,), generator=self.generator).tolist()
-            batch = []
-            for i, view in zip(picks, teacher_views(self.teacher, [image(ids[i]) for i in picks], self.dist)):
+    def collect(self, ids: list[str], image: Callable[[str], np.ndarray],
+                label: Callable[[str], np.ndarray]) -> Transitions:
+        """``transitions`` images drawn at random, each explored once: the searcher's action plus
+        noise (or a random action), H(M, a) = M', reward ``V(M', F) - V(M, F)``, s' = (F, P, M')."""
+        picks = torch.randint(len(ids), (self.s.transitions,), generator=self.generator).tolist()
+        rows = []
+        for start in range(0, len(picks), PASS_BATCH):
+            chunk = picks[start:start + PASS_BATCH]
+            for i, view in zip(chunk, teacher_views(self.teacher, [image(ids[i]) for i in chunk], self.dist)):
                 m = label(ids[i])
                 state = encode_state(view, m, self.s.grid)
                 action = self._act(state, noise=True)
                 new = self._infer(view, m, action)
                 reward = label_value(view, new, self.s.delta) - label_value(view, m, self.s.delta)
-                batch.append((state, action, reward, encode_state(view, new, self.s.grid)))
-            state, action, reward, next_state = (torch.stack(x) for x in zip(*batch))
-            next_action = None if self.s.policy == "searcher_assessor" else self._random_actions(len(picks))
-            terms.append(self.agent.ddpg_update(state, action, reward, next_state, next_action,
-                                                train_searcher=self.s.policy == "searcher_assessor"))
-            rewards.append(float(reward.mean()))
-        out = {"reward": float(np.mean(rewards))}
-        for key in terms[0]:
-            out[key] = float(np.mean([t[key] for t in terms]))
-        return out
+                rows.append((state, action, reward, encode_state(view, new, self.s.grid)))
+        state, action, reward, next_state = (torch.stack(x) for x in zip(*rows))
+        next_action = None if self.s.policy == "searcher_assessor" else self._random_actions(len(rows))
+        return Transitions(state, action, reward, next_state, next_action)
+
+    def learn(self, ids: list[str], image: Callable[[str], np.ndarray], label: Callable[[str], np.ndarray],
+              replay: ReplayBuffer) -> tuple[dict[str, float], Transitions | None]:
+        """Phase 1: this round's transitions join ``replay``; ``policy_updates`` DDPG updates on
+        mini-batches drawn from it. Returns the round's row (rewards; Q against the fresh rewards
+        before and after the updates; TD loss of the first and last tenth of the updates) and the
+        fresh transitions, which the caller keeps for a resumed run."""
+        if not self.uses_assessor:
+            return {}, None
+        fresh = self.collect(ids, image, label)
+        before = self.agent.assess(**vars(fresh))
+        replay.add(fresh)
+        terms = []
+        for _ in range(self.s.policy_updates):
+            batch = replay.sample(self.s.policy_batch, self.generator).to(self.dist.device)
+            terms.append(self.agent.ddpg_update(**vars(batch), train_searcher=self.s.policy == "searcher_assessor"))
+        after = self.agent.assess(**vars(fresh))
+        tenth = max(len(terms) // 10, 1)
+        out = {"reward": float(fresh.reward.mean()), "reward_std": float(fresh.reward.std()),
+               "q_reward_corr_before": before["q_reward_corr"], "q_reward_corr": after["q_reward_corr"],
+               "q_fresh": after["q"], "td_loss_first": float(np.mean([t["assessor_loss"] for t in terms[:tenth]])),
+               "td_loss_last": float(np.mean([t["assessor_loss"] for t in terms[-tenth:]])), "replay": len(replay)}
+        if "searcher_loss" in terms[0]:
+            out["searcher_loss"] = float(np.mean([t["searcher_loss"] for t in terms]))
+        return out, fresh
 
     def relabel(self, ids: list[str], image: Callable[[str], np.ndarray], label: Callable[[str], np.ndarray],
-                write: Callable[[str, np.ndarray], None]) -> dict[str, float]:
-        """Phase 2: infer every image's next label map and write it (adopted, or the current one)."""
-        adopted, q_values, actions, added = 0, [], [], 0
+                write: Callable[[str, np.ndarray], None],
+                truth: Callable[[str], np.ndarray | None] = lambda _: None) -> dict[str, float]:
+        """Phase 2: infer every image's next label map and write it (adopted, or the current one).
+        Where ``truth`` gives a mask (reporting only), the proposal is also measured against it
+        (``diagnostics``), with random thresholds on the same image for comparison."""
+        adopted, q_values, actions, added, proposals = 0, [], [], 0, []
         for image_id, view in self.views_by_canvas(ids, image):
             m = label(image_id)
             state = encode_state(view, m, self.s.grid)
@@ -194,9 +232,22 @@ class Explorer:
                 adopted += 1
                 added += int(((m == IGNORE) & (new != IGNORE)).sum())
             write(image_id, new if adopt else m)
+            gt = truth(image_id)
+            if gt is not None:
+                proposals.append(self._measured(view, m, new, adopt, gt))
         row = {"adopted": adopted / max(len(ids), 1), "pixels_added": added}
         if q_values:
             row["q_mean"] = float(np.mean(q_values))
         for j, value in enumerate(np.mean(actions, axis=0)):
             row[f"action{j}"] = float(value)
+        if proposals:
+            row.update(round_diagnostics(proposals))
         return row
+
+    def _measured(self, view: TeacherView, m: np.ndarray, new: np.ndarray, adopted: bool, gt: np.ndarray) -> Proposal:
+        reward = float(label_value(view, new, self.s.delta) - label_value(view, m, self.s.delta))
+        mine = additions(m, new, gt)
+        randoms = [additions(m, self._infer(view, m, a), gt)
+                   for a in torch.rand(RANDOM_ACTIONS, self.action_dim, generator=self.diagnostic_generator)]
+        return Proposal(reward, adopted, precision(new, gt) - precision(m, gt), mine,
+                        random_precision_at(mine.added, randoms))

@@ -8,6 +8,10 @@ never change (the scribbles stay, and so do labels adopted in earlier rounds). W
 ``restrict_classes`` the argmax runs over background and the classes already in the map, which
 under scribble supervision are the image's classes (every object carries a stroke).
 
+The radius of a round is a fraction of the image's longer side (``radius_unit: fraction``, the
+default: the paper's 21 to 101 px are about 4% to 20% of a VOC image's 500 px) or pixels
+(``px``); ``radius_in_pixels`` turns one into the other.
+
 Action spaces (the paper's "AOD"): ``two`` = (tau_o for every object class, tau_g for
 background), the paper's best; ``one`` = one threshold for all classes; ``per_class`` = one
 threshold per class, background first.
@@ -20,10 +24,21 @@ from scipy import ndimage
 from stages.io.label_png import IGNORE
 
 ACTION_SPACES = ("one", "two", "per_class")
+RADIUS_UNITS = ("fraction", "px")
 
 
 def action_dim(space: str, num_classes: int) -> int:
     return {"one": 1, "two": 2, "per_class": num_classes}[space]
+
+
+def radius_in_pixels(radius: float, unit: str, shape_hw: tuple[int, int]) -> float:
+    """A round's radius in pixels on an image of ``shape_hw``: a fraction of its longer side, or
+    pixels as given."""
+    if unit == "fraction":
+        return radius * max(shape_hw)
+    if unit == "px":
+        return float(radius)
+    raise ValueError(f"unknown radius unit {unit!r}; known: {', '.join(RADIUS_UNITS)}")
 
 
 def class_thresholds(action: np.ndarray, space: str, num_classes: int) -> np.ndarray:

@@ -20,10 +20,11 @@ from stages.io.atomic import atomic_dir
 from stages.io.label_png import IGNORE, label_path, read_label, write_label
 from stages.methods.base import Method, TrainInputs
 from stages.methods.ce import masked_cross_entropy
-from stages.methods.eil.agent import PolicyAgent
+from stages.methods.eil.agent import SEARCHER_OPTIMIZERS, PolicyAgent
 from stages.methods.eil.explore import POLICIES, Explorer, RoundSettings
-from stages.methods.eil.inference import ACTION_SPACES, action_dim
-from stages.methods.eil.report import quality_of, report_ids, write_label_maps, write_table
+from stages.methods.eil.inference import ACTION_SPACES, RADIUS_UNITS, action_dim
+from stages.methods.eil.replay import ReplayBuffer, Transitions
+from stages.methods.eil.report import REPORT_SPLIT, quality_of, report_ids, write_label_maps, write_table
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.hooks import Optimization, StepContext
 from stages.runtime.rounds import RoundStore
@@ -49,15 +50,19 @@ class EIL(Method):
     action_space: str = "two"
     pretrain_steps: int = 120  # a multiple of explore_every: rounds at 120, 160, ... 280 of 300 steps
     explore_every: int = 40
-    radii: list[int] = field(default_factory=lambda: [21, 41, 61, 81, 101])
+    radii: list[float] = field(default_factory=lambda: [0.04, 0.08, 0.12, 0.16, 0.20])
+    radius_unit: str = "fraction"  # of the image's longer side; or "px"
     ema_decay: float = 0.95
     delta: float = 10.0
     gamma: float = 0.9
     target_rate: float = 0.05
     noise_std: float = 0.1
     policy_lr: float = 0.001
-    policy_updates: int = 20
-    policy_batch: int = 8
+    searcher_optimizer: str = "sgd"  # the paper's SGD (momentum 0.9, weight decay 0.02, cosine); or "adam"
+    transitions: int = 160
+    policy_updates: int = 100
+    policy_batch: int = 16
+    replay_size: int = 2000
     policy_width: int = 32
     policy_blocks: int = 2
     state_grid: int = 16
@@ -75,6 +80,7 @@ class EIL(Method):
     aug: AugmentConfig | None = field(default=None, init=False, repr=False)
     seed: int = field(default=0, init=False)
     store: RoundStore | None = field(default=None, init=False, repr=False)
+    replay: ReplayBuffer | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -87,6 +93,14 @@ class EIL(Method):
                              f"explore_every ({self.explore_every}): rounds run every explore_every steps")
         if not self.radii or min(self.radii) <= 0:
             raise InputError(f"eil: radii must list one positive radius per round, got {self.radii}")
+        if self.searcher_optimizer not in SEARCHER_OPTIMIZERS:
+            raise InputError(f"eil: searcher_optimizer {self.searcher_optimizer!r} is not one of "
+                             f"{', '.join(SEARCHER_OPTIMIZERS)}")
+        if self.radius_unit not in RADIUS_UNITS:
+            raise InputError(f"eil: radius_unit {self.radius_unit!r} is not one of {', '.join(RADIUS_UNITS)}")
+        if self.radius_unit == "fraction" and max(self.radii) > 1:
+            raise InputError(f"eil: radii {self.radii} are fractions of the image's longer side (radius_unit: "
+                             f"fraction), so at most 1; for pixels set radius_unit: px")
 
     @property
     def explores(self) -> bool:
@@ -122,7 +136,8 @@ class EIL(Method):
             num_classes = classifier.out_channels
             state_channels = classifier.in_channels + 2 * num_classes + 1
             self.agent = PolicyAgent(state_channels, action_dim(self.action_space, num_classes), self.policy_width,
-                                     self.policy_blocks, self.policy_lr, self.gamma, self.target_rate)
+                                     self.policy_blocks, self.policy_lr, self.gamma, self.target_rate,
+                                     self.searcher_optimizer, len(self.radii) * self.policy_updates)
             self.agent.to(next(model.parameters()).device)
         return super().configure_optimizers(model, settings)
 
@@ -176,16 +191,30 @@ class EIL(Method):
         self.rows.append(row)
         self.rounds_done = r
 
+    def transitions_path(self, ctx: StepContext, r: int) -> Path:
+        return self._rounds(ctx).round_dir(r) / "transitions.pt"
+
+    def _replay(self, ctx: StepContext, r: int) -> ReplayBuffer:
+        """The replay buffer before round r: rebuilt from the rounds' files after a resume."""
+        if self.replay is None:
+            self.replay = ReplayBuffer(self.replay_size)
+            for done in range(1, r):
+                if self.transitions_path(ctx, done).is_file():
+                    self.replay.add(Transitions.load(self.transitions_path(ctx, done)))
+        return self.replay
+
     def _explore(self, ctx: StepContext, r: int) -> dict[str, Any]:
         index, ids = self.inputs.index, self.inputs.index.ids(self.inputs.split)
-        settings = RoundSettings(self.policy, self.action_space, float(self.radii[r - 1]), self.noise_std,
-                                 self.policy_updates, self.policy_batch, self.state_grid, self.delta,
-                                 self.restrict_classes)
+        settings = RoundSettings(self.policy, self.action_space, float(self.radii[r - 1]), self.radius_unit,
+                                 self.noise_std, self.transitions, self.policy_updates, self.policy_batch,
+                                 self.state_grid, self.delta, self.restrict_classes)
         generator = torch.Generator().manual_seed(self.seed * 1009 + r)
         classifier = self.teacher.decoder.classifier
         explorer = Explorer(self.teacher, self.agent, settings, classifier.out_channels,
                             self.agent.action_dim, generator, ctx.dist)
         current = self.labels_dir(ctx, r - 1)
+        masked_ids = report_ids(index, ids)
+        masked = set(masked_ids)
 
         def image(image_id: str):
             return load_rgb(index.image_path(image_id))
@@ -193,12 +222,17 @@ class EIL(Method):
         def label(image_id: str):
             return read_label(label_path(current, image_id))
 
-        learnt = explorer.learn(ids, image, label)
+        def truth(image_id: str):  # reporting only: never reaches the policy or the segmenter
+            return read_label(index.mask_path(image_id, REPORT_SPLIT)) if image_id in masked else None
+
+        learnt, fresh = explorer.learn(ids, image, label, self._replay(ctx, r))
         final = self.labels_dir(ctx, r)
         with atomic_dir(final) as tmp:
-            relabelled = explorer.relabel(ids, image, label, lambda i, m: write_label(label_path(tmp, i), m))
-        quality = quality_of(index, report_ids(index, ids), lambda i: read_label(label_path(final, i)))
-        print(f"eil round {r} at step {ctx.step + 1}: radius {settings.radius:g}, "
+            relabelled = explorer.relabel(ids, image, label, lambda i, m: write_label(label_path(tmp, i), m), truth)
+        if fresh is not None:
+            fresh.save(self.transitions_path(ctx, r))
+        quality = quality_of(index, masked_ids, lambda i: read_label(label_path(final, i)))
+        print(f"eil round {r} at step {ctx.step + 1}: radius {settings.radius:g} {settings.radius_unit}, "
               f"{100 * relabelled['adopted']:.0f}% of maps adopted, precision {quality['precision']:.3f}, "
               f"coverage {quality['coverage']:.3f}", flush=True)
         return {"round": r, "step": ctx.step + 1, "radius": settings.radius, **learnt, **relabelled, **quality}

@@ -48,22 +48,43 @@ def quality_of(index: DatasetIndex, ids: list[str], label_of: Callable[[str], np
     return label_quality((label_of(i), read_label(index.mask_path(i, REPORT_SPLIT))) for i in ids)
 
 
+MECHANISM_LINES = (  # (column, label, style) of the mechanism panel: correlations per round
+    ("reward_precision_spearman", "reward vs true precision change (Spearman)", "o-"),
+    ("q_reward_corr_before", "Q vs fresh reward, before the round's updates", "s--"),
+    ("q_reward_corr", "Q vs fresh reward, after", "s-"))
+PRECISION_LINES = (  # the precision of what each kind of proposal adds
+    ("adopted_precision", "adopted proposals", "o-"), ("rejected_precision", "rejected proposals", "x--"),
+    ("proposal_precision", "the policy's proposals", "s-"), ("random_precision", "random, same coverage", "d:"))
+
+
+def _panel(ax, table: pd.DataFrame, lines, title: str, ylim: tuple[float, float]) -> None:
+    for column, label, style in lines:
+        if column in table and table[column].notna().any():
+            ax.plot(table["round"], table[column], style, label=label)
+    ax.set_xlabel("round (0 = scribbles)")
+    ax.set_ylim(*ylim)
+    ax.set_xticks(table["round"])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def write_table(rows: list[dict], out_dir: Path) -> None:
-    """rounds.csv and rounds.png: precision and coverage of the labels after each round."""
+    """rounds.csv and rounds.png: precision and coverage of the labels after each round and, where
+    the rounds measured them (``diagnostics``), the mechanism's correlations and the precision of
+    adopted, rejected, the policy's and random proposals' additions."""
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "rounds.csv") as tmp:
         table.to_csv(tmp, index=False)
-    fig = new_figure(figsize=(5, 3.2))
-    ax = fig.subplots()
-    for column, style in (("precision", "o-"), ("coverage", "s--")):
-        if column in table:
-            ax.plot(table["round"], table[column], style, label=column)
-    ax.set_xlabel("round (0 = scribbles)")
-    ax.set_ylim(0, 1.02)
-    ax.set_xticks(table["round"])
-    ax.set_title(f"labels against GT ({REPORT_SPLIT} split)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = [((("precision", "precision", "o-"), ("coverage", "coverage", "s--")),
+               f"labels against GT ({REPORT_SPLIT} split)", (0, 1.02))]
+    if "proposals" in table:
+        panels += [(MECHANISM_LINES, "does the signal track label quality?", (-1.02, 1.02)),
+                   (PRECISION_LINES, "precision of the pixels proposals add", (0, 1.02))]
+    fig = new_figure(figsize=(4.6 * len(panels), 3.4))
+    for ax, (lines, title, ylim) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _panel(ax, table, lines, title, ylim)
     fig.tight_layout()
     save_png(fig, out_dir / "rounds.png")
 
