@@ -86,7 +86,7 @@ class UGRL(Method):
     pool_per_class: bool = True  # K% of each class's pixels, not K% of the image's in one ranking
     normalise_weights: bool = True  # L_seg's weights divided by their mean over the batch's labelled pixels
     affinity_on_pool: bool = True
-    cam_head: str = "cam"  # with seg.init: cam, "cam" copies the CAM network's classifier; "random", "zero" do not
+    cam_head: str = "zero"  # class logits start at 0; "cam" copies the CAM network's classifier; "random"
     k_percent: float = 35.0
     alpha: float = 0.5
     beta: float = 0.5
