@@ -165,7 +165,9 @@ def test_two_process_run_merges_shards(tiny_model, tmp_path):
     assert merged.keys() == reference.keys()
     for image_id, (maps, classes) in merged.items():
         assert classes == reference[image_id][1]
-        np.testing.assert_allclose(maps, reference[image_id][0], atol=2e-3)
+        # maps are stored in steps of 1/255; one process per core sums in another order than two
+        # threads, so a value on a step's edge may land one step over (seen once in CI)
+        np.testing.assert_allclose(maps, reference[image_id][0], atol=1 / 255 + 1e-6)
 
 
 def test_grouped_batches_bound_pending_images():

@@ -428,7 +428,8 @@ def test_eil_end_to_end_in_the_tiny_config(tiny_run) -> None:
     assert metrics.notna().all().all()
     outputs = workdir / "results" / "seg" / "eil" / "outputs"
     rounds = pd.read_csv(outputs / "rounds.csv")
-    assert rounds["round"].tolist() == [0, 1] and rounds["radius"].iloc[1] == 15
-    assert {"precision", "coverage", "adopted", "reward", "assessor_loss", "searcher_loss"} <= set(rounds)
+    assert rounds["round"].tolist() == [0, 1] and rounds["radius"].iloc[1] == 0.25
+    assert {"precision", "coverage", "adopted", "reward", "td_loss_first", "td_loss_last", "searcher_loss",
+            "reward_precision_spearman", "adopted_precision"} <= set(rounds)
     assert (outputs / "rounds_labels.png").is_file() and len(list(outputs.glob("labels_round1_*.png"))) == 2
     assert "eil" in (workdir / "results" / "summary" / "summary.md").read_text()
