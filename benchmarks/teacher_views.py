@@ -28,6 +28,7 @@ from stages.data.images import load_rgb
 from stages.data.toy import generate_toy
 from stages.methods.eil.agent import PolicyAgent
 from stages.methods.eil.explore import PASS_BATCH, Explorer, RoundSettings, teacher_views
+from stages.methods.eil.reward import Rewarder, RewardSettings
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import DistContext, native_bf16
 
@@ -54,9 +55,10 @@ def main() -> None:
         images = [load_rgb(index.image_path(i)) for i in index.ids("train_aug")]
     torch.manual_seed(0)
     teacher = Segmenter(SegmenterSpec("resnet18", "mlp", 9, decoder_width=64)).eval()
-    settings = RoundSettings("searcher_assessor", "two", 21.0, "px", 0.1, args.transitions, 200, 32, 16, 10.0, True)
+    settings = RoundSettings("searcher_assessor", "two", 21.0, "px", 0.1, 0.0, args.transitions, 200, 32, 16, True)
     agent = PolicyAgent(64 + 2 * 9 + 1, 2, 32, 2, 1e-3, 0.9, 0.05)
-    explorer = Explorer(teacher, agent, settings, 9, 2, torch.Generator().manual_seed(0), ctx)
+    rewarder = Rewarder(teacher.decoder, 9, RewardSettings())
+    explorer = Explorer(teacher, agent, settings, rewarder, 9, 2, torch.Generator().manual_seed(0), ctx)
     copy, ids = explorer.teacher, [str(i) for i in range(len(images))]
     picks = np.random.default_rng(0).integers(len(images), size=args.transitions).reshape(-1, PASS_BATCH)
 

@@ -35,6 +35,7 @@ from stages.methods.eil.diagnostics import (
 from stages.methods.eil.explore import Explorer, teacher_views
 from stages.methods.eil.inference import class_thresholds, infer_labels, radius_in_pixels
 from stages.methods.eil.replay import ReplayBuffer, Transitions
+from stages.methods.eil.reward import Rewarder, RewardSettings, decoder_loss, label_target, map_value, tuned_decoder
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.distributed import DistContext
 
@@ -218,6 +219,48 @@ def test_teacher_views_of_one_canvas_are_each_images_own() -> None:
     assert not np.allclose(mixed.probs, together[0].probs, atol=1e-5)
 
 
+def test_the_kept_pyramid_gives_back_each_images_features() -> None:
+    """The backbone maps a view keeps (cropped per level from a shared canvas) are the image's: the
+    decoder on them reproduces the view's features, the input of the updated reward."""
+    torch.manual_seed(0)
+    teacher = Segmenter(SegmenterSpec("resnet18", "mlp", 3, decoder_width=16)).eval()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in [(50, 61, 3), (49, 57, 3), (40, 40, 3)]]
+    for batch in (images[:2], images[2:]):  # one canvas each: 64 x 64, and 48 x 48 (the smallest)
+        for view in teacher_views(teacher, batch, CPU, keep_pyramid=True):
+            h, w = view.features.shape[-2:]
+            with torch.no_grad():
+                again = teacher.decoder.features(view.pyramid)[0, :, :h, :w]
+            torch.testing.assert_close(again, view.features, atol=1e-4, rtol=1e-4)
+    assert teacher_views(teacher, images[:1], CPU)[0].pyramid is None
+
+
+def test_updated_reward_trains_a_copy_of_the_decoder() -> None:
+    """With no steps the updated reward is the round's; with steps, a copy of the decoder learns the
+    map (its loss on it falls) and the teacher's own decoder is left as it was."""
+    torch.manual_seed(0)
+    teacher = Segmenter(SegmenterSpec("resnet18", "mlp", 3, decoder_width=16)).eval().requires_grad_(False)
+    image = np.random.default_rng(2).integers(0, 256, (45, 48, 3), dtype=np.uint8)
+    view = teacher_views(teacher, [image], CPU, keep_pyramid=True)[0]
+    current = np.full((45, 48), IGNORE, np.uint8)
+    current[4:12, 4:12], current[30:40, 30:40] = 0, 1
+    proposal = current.copy()
+    proposal[:, :24] = np.where(proposal[:, :24] == IGNORE, 2, proposal[:, :24])
+    before = {n: p.clone() for n, p in teacher.decoder.state_dict().items()}
+    still = Rewarder(teacher.decoder, 3, RewardSettings("updated", steps=0))
+    fixed = Rewarder(teacher.decoder, 3, RewardSettings("round"))
+    assert still(view.features, view.pyramid, current, proposal) == pytest.approx(
+        fixed(view.features, view.pyramid, current, proposal), abs=1e-4)
+    on_round = float(map_value(view.features, proposal, 3, 10.0))
+    assert fixed.value(view.features, None, proposal) == pytest.approx(on_round)
+    target = label_target(proposal)
+    assert target.shape == (1, 48, 48) and bool((target[0, 45:] == IGNORE).all())
+    tuned = tuned_decoder(teacher.decoder, view.pyramid, proposal, steps=5, lr=0.1)
+    with torch.no_grad():
+        assert decoder_loss(tuned, view.pyramid, target) < 0.8 * decoder_loss(teacher.decoder, view.pyramid, target)
+    assert all(torch.equal(before[n], p) for n, p in teacher.decoder.state_dict().items())
+
+
 def test_searcher_outputs_thresholds() -> None:
     agent, (state, *_) = _agent()
     action = agent.searcher(state)
@@ -389,6 +432,14 @@ def test_scribbles_only_trains_without_rounds(toy, tmp_path) -> None:
     rounds = pd.read_csv(tmp_path / "none" / "outputs" / "rounds.csv")
     assert rounds["round"].tolist() == [0] and rounds["precision"].iloc[0] == 1.0  # synthetic strokes are exact
     assert not list((tmp_path / "none" / "state").glob("round*"))
+
+
+def test_updated_reward_and_random_exploration_run_a_round(toy, tmp_path) -> None:
+    scribbles = tmp_path / "scribbles"
+    write_scribble_source(toy, "train_aug", "synthetic", scribbles)
+    _train(toy, scribbles, tmp_path / "updated", reward_features="updated", reward_steps=1, explore_random=0.5)
+    rounds = pd.read_csv(tmp_path / "updated" / "outputs" / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1, 2] and np.isfinite(rounds["reward"].iloc[1:]).all()
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -7,12 +7,10 @@ paper does not give its state encoding).
 
 Phase 1 (policy learning, policies with an assessor): ``transitions`` images drawn at random,
 each explored once: the action is the searcher's plus Gaussian noise (``noise_std``), or uniform
-random for the random policies; H(M, a) gives M'; the reward is ``V(M', F) - V(M, F)`` and the
-next state s' = (F, P, M'). The transitions join a replay buffer kept across rounds
-(``replay``), and ``policy_updates`` DDPG updates run on mini-batches of ``policy_batch`` drawn
-from it. Reconstructed: the reward uses the teacher's features of this round for both maps (the
-paper's F' comes from the segmenter after it trained on M', which would delay every transition
-by a whole round).
+random for the random policies; H(M, a) gives M'; the reward is ``V(M', F') - V(M, F)`` as
+``reward.Rewarder`` estimates it, and the next state s' = (F, P, M'). The transitions join a
+replay buffer kept across rounds (``replay``), and ``policy_updates`` DDPG updates run on
+mini-batches of ``policy_batch`` drawn from it.
 
 Phase 2 (labelling, every training image): the searcher's action without noise (or a random
 one), M' = H(M, a), adopted only where the assessor scores Q(s, a) > 0 (paper Eq. 13); the
@@ -33,7 +31,7 @@ from stages.data.canvas import SIZE_DIVISOR, grouped_batches, pad_to, padded_siz
 from stages.data.tensors import to_tensor
 from stages.io.label_png import IGNORE
 from stages.methods.eil.agent import PolicyAgent
-from stages.methods.eil.critic import class_fractions, critic_value
+from stages.methods.eil.critic import class_fractions
 from stages.methods.eil.diagnostics import (
     RANDOM_ACTIONS,
     Proposal,
@@ -44,6 +42,7 @@ from stages.methods.eil.diagnostics import (
 )
 from stages.methods.eil.inference import class_thresholds, infer_labels, radius_in_pixels
 from stages.methods.eil.replay import ReplayBuffer, Transitions
+from stages.methods.eil.reward import Rewarder
 from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
@@ -57,13 +56,21 @@ class TeacherView:
     features: torch.Tensor  # (C, h, w) decoder features before the classifier
     probs_grid: torch.Tensor  # (K, h, w) class probabilities on the feature grid
     probs: np.ndarray  # (K, H, W) class probabilities at image resolution
+    pyramid: list[torch.Tensor] | None = None  # the backbone's maps on the image's own canvas, fp32
+
+
+def _own_canvas(level: torch.Tensor, canvas: tuple[int, int], own: tuple[int, int]) -> torch.Tensor:
+    """A backbone map of a shared canvas cut to the image's own canvas (whole when they agree)."""
+    rows, cols = (-(-n * o // c) for n, o, c in zip(level.shape[-2:], own, canvas))
+    return level[None, :, :rows, :cols].float()
 
 
 @torch.no_grad()
-def teacher_views(teacher: nn.Module, images: Sequence[np.ndarray], dist: DistContext) -> list[TeacherView]:
+def teacher_views(teacher: nn.Module, images: Sequence[np.ndarray], dist: DistContext,
+                  keep_pyramid: bool = False) -> list[TeacherView]:
     """Run the teacher (a ``Segmenter``, as ``inference_copy`` makes it) on whole images in one
     pass: the map its decoder's classifier reads, and the class probabilities on that grid and at
-    image resolution (as its forward upsamples).
+    image resolution (as its forward upsamples); with ``keep_pyramid``, the backbone's maps too.
 
     The images are padded to one canvas (``stages.data.canvas``: the largest height and width,
     rounded up), and each view is cropped back to its image. Images of one canvas give the views
@@ -74,15 +81,18 @@ def teacher_views(teacher: nn.Module, images: Sequence[np.ndarray], dist: DistCo
     canvas = padded_size((max(h for h, _ in sizes), max(w for _, w in sizes)), SIZE_DIVISOR)
     x = dist.images(torch.stack([pad_to(to_tensor(image), canvas) for image in images]))
     with autocast(dist):
-        features = teacher.decoder.features(teacher.backbone(x))
+        pyramid = teacher.backbone(x)
+        features = teacher.decoder.features(pyramid)
         logits = teacher.decoder.classifier(features)
     full = F.interpolate(logits, size=canvas, mode="bilinear", align_corners=False)
     stride = canvas[0] // features.shape[-2]
     views = []
     for i, (h, w) in enumerate(sizes):
         grid = (slice(None), slice(0, -(-h // stride)), slice(0, -(-w // stride)))
+        own = padded_size((h, w), SIZE_DIVISOR)
+        kept = [_own_canvas(level[i], canvas, own) for level in pyramid] if keep_pyramid else None
         views.append(TeacherView(features[i][grid].float(), torch.softmax(logits[i][grid].float(), 0),
-                                 torch.softmax(full[i, :, :h, :w].float(), 0).cpu().numpy()))
+                                 torch.softmax(full[i, :, :h, :w].float(), 0).cpu().numpy(), kept))
     return views
 
 
@@ -99,12 +109,6 @@ def encode_state(view: TeacherView, label: np.ndarray, grid: int) -> torch.Tenso
     return F.adaptive_avg_pool2d(stacked[None], grid)[0]
 
 
-def label_value(view: TeacherView, label: np.ndarray, delta: float) -> torch.Tensor:
-    num_classes, size = view.probs_grid.shape[0], view.features.shape[-2:]
-    fractions = class_fractions(torch.from_numpy(label).to(view.features.device), num_classes, size)
-    return critic_value(view.features, fractions, delta)
-
-
 @dataclass(frozen=True)
 class RoundSettings:
     policy: str
@@ -112,11 +116,11 @@ class RoundSettings:
     radius: float
     radius_unit: str
     noise_std: float
+    explore_random: float
     transitions: int
     policy_updates: int
     policy_batch: int
     grid: int
-    delta: float
     restrict_classes: bool
 
 
@@ -128,9 +132,10 @@ class Explorer:
     labelling passes group images of one canvas. Its passes are most of a round's time.
     """
 
-    def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings,
+    def __init__(self, teacher: nn.Module, agent: PolicyAgent | None, settings: RoundSettings, rewarder: Rewarder,
                  num_classes: int, action_dim: int, generator: torch.Generator, dist: DistContext) -> None:
         self.teacher, self.agent, self.s = inference_copy(teacher, dist).eval(), agent, settings
+        self.rewarder = rewarder
         self.num_classes, self.action_dim = num_classes, action_dim
         self.generator, self.dist = generator, dist
         # the diagnostics' random draws have their own stream, so measuring never shifts the policy's
@@ -146,6 +151,9 @@ class Explorer:
     def _act(self, state: torch.Tensor, noise: bool) -> torch.Tensor:
         if self.s.policy != "searcher_assessor":
             return self._random_actions(1)[0]
+        if noise and self.s.explore_random > 0:
+            if float(torch.rand((), generator=self.generator)) < self.s.explore_random:
+                return self._random_actions(1)[0]
         with torch.no_grad():
             action = self.agent.searcher(state[None])[0]
         if noise:
@@ -163,22 +171,28 @@ class Explorer:
         own, whatever else shared its pass."""
         stream = ((image_id, image(image_id)) for image_id in ids)
         for group_ids, images in grouped_batches(stream, PASS_BATCH, key=_canvas):
-            yield from zip(group_ids, teacher_views(self.teacher, images, self.dist))
+            yield from zip(group_ids, self._views(images))
+
+    def _views(self, images: list[np.ndarray]) -> list[TeacherView]:
+        return teacher_views(self.teacher, images, self.dist, keep_pyramid=self.rewarder.needs_pyramid)
+
+    def reward(self, view: TeacherView, current: np.ndarray, proposal: np.ndarray) -> float:
+        return self.rewarder(view.features, view.pyramid, current, proposal)
 
     def collect(self, ids: list[str], image: Callable[[str], np.ndarray],
                 label: Callable[[str], np.ndarray]) -> Transitions:
         """``transitions`` images drawn at random, each explored once: the searcher's action plus
-        noise (or a random action), H(M, a) = M', reward ``V(M', F) - V(M, F)``, s' = (F, P, M')."""
+        noise (or a random action), H(M, a) = M', its reward (``reward``), s' = (F, P, M')."""
         picks = torch.randint(len(ids), (self.s.transitions,), generator=self.generator).tolist()
         rows = []
         for start in range(0, len(picks), PASS_BATCH):
             chunk = picks[start:start + PASS_BATCH]
-            for i, view in zip(chunk, teacher_views(self.teacher, [image(ids[i]) for i in chunk], self.dist)):
+            for i, view in zip(chunk, self._views([image(ids[i]) for i in chunk])):
                 m = label(ids[i])
                 state = encode_state(view, m, self.s.grid)
                 action = self._act(state, noise=True)
                 new = self._infer(view, m, action)
-                reward = label_value(view, new, self.s.delta) - label_value(view, m, self.s.delta)
+                reward = torch.tensor(self.reward(view, m, new))
                 rows.append((state, action, reward, encode_state(view, new, self.s.grid)))
         state, action, reward, next_state = (torch.stack(x) for x in zip(*rows))
         next_action = None if self.s.policy == "searcher_assessor" else self._random_actions(len(rows))
@@ -245,7 +259,7 @@ class Explorer:
         return row
 
     def _measured(self, view: TeacherView, m: np.ndarray, new: np.ndarray, adopted: bool, gt: np.ndarray) -> Proposal:
-        reward = float(label_value(view, new, self.s.delta) - label_value(view, m, self.s.delta))
+        reward = self.reward(view, m, new)
         mine = additions(m, new, gt)
         randoms = [additions(m, self._infer(view, m, a), gt)
                    for a in torch.rand(RANDOM_ACTIONS, self.action_dim, generator=self.diagnostic_generator)]

@@ -25,6 +25,7 @@ from stages.methods.eil.explore import POLICIES, Explorer, RoundSettings
 from stages.methods.eil.inference import ACTION_SPACES, RADIUS_UNITS, action_dim
 from stages.methods.eil.replay import ReplayBuffer, Transitions
 from stages.methods.eil.report import REPORT_SPLIT, quality_of, report_ids, write_label_maps, write_table
+from stages.methods.eil.reward import REWARD_FEATURES, Rewarder, RewardSettings
 from stages.models.segmenter import Segmenter, SegmenterSpec
 from stages.runtime.hooks import Optimization, StepContext
 from stages.runtime.rounds import RoundStore
@@ -57,6 +58,10 @@ class EIL(Method):
     gamma: float = 0.9
     target_rate: float = 0.05
     noise_std: float = 0.1
+    explore_random: float = 0.0  # share of the searcher's explored actions drawn uniformly instead
+    reward_features: str = "round"  # or "updated": F' after a short decoder update on each map
+    reward_steps: int = 3
+    reward_lr: float = 0.1
     policy_lr: float = 0.001
     searcher_optimizer: str = "sgd"  # the paper's SGD (momentum 0.9, weight decay 0.02, cosine); or "adam"
     transitions: int = 160
@@ -96,6 +101,12 @@ class EIL(Method):
         if self.searcher_optimizer not in SEARCHER_OPTIMIZERS:
             raise InputError(f"eil: searcher_optimizer {self.searcher_optimizer!r} is not one of "
                              f"{', '.join(SEARCHER_OPTIMIZERS)}")
+        if self.reward_features not in REWARD_FEATURES:
+            raise InputError(f"eil: reward_features {self.reward_features!r} is not one of "
+                             f"{', '.join(REWARD_FEATURES)}")
+        if not 0.0 <= self.explore_random <= 1.0:
+            raise InputError(f"eil: explore_random ({self.explore_random}) is a share of the explored actions, "
+                             f"in [0, 1]")
         if self.radius_unit not in RADIUS_UNITS:
             raise InputError(f"eil: radius_unit {self.radius_unit!r} is not one of {', '.join(RADIUS_UNITS)}")
         if self.radius_unit == "fraction" and max(self.radii) > 1:
@@ -206,11 +217,13 @@ class EIL(Method):
     def _explore(self, ctx: StepContext, r: int) -> dict[str, Any]:
         index, ids = self.inputs.index, self.inputs.index.ids(self.inputs.split)
         settings = RoundSettings(self.policy, self.action_space, float(self.radii[r - 1]), self.radius_unit,
-                                 self.noise_std, self.transitions, self.policy_updates, self.policy_batch,
-                                 self.state_grid, self.delta, self.restrict_classes)
+                                 self.noise_std, self.explore_random, self.transitions, self.policy_updates,
+                                 self.policy_batch, self.state_grid, self.restrict_classes)
         generator = torch.Generator().manual_seed(self.seed * 1009 + r)
-        classifier = self.teacher.decoder.classifier
-        explorer = Explorer(self.teacher, self.agent, settings, classifier.out_channels,
+        num_classes = self.teacher.decoder.classifier.out_channels
+        rewarder = Rewarder(self.teacher.decoder, num_classes,
+                            RewardSettings(self.reward_features, self.reward_steps, self.reward_lr, self.delta))
+        explorer = Explorer(self.teacher, self.agent, settings, rewarder, num_classes,
                             self.agent.action_dim, generator, ctx.dist)
         current = self.labels_dir(ctx, r - 1)
         masked_ids = report_ids(index, ids)
