@@ -32,3 +32,5 @@ rule all:
         "results/browse",
         "results/cam/panels",
         "results/devices.json",
+        # evaluation.fit: every segmenter scored on the images it was fitted on, and the budget curve
+        "results/summary/budget_curve.png" if config["evaluation"]["fit"] else [],

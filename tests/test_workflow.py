@@ -85,6 +85,12 @@ def test_end_to_end_outputs(tiny_run):
     supervision = table[table["stage"] == "segmentation"].set_index("name")["supervision"]
     assert supervision["ce"] == "pseudo labels (none)" and supervision["ugrl"] == "pseudo labels (plmix)"
     assert supervision["eil"].startswith("scribbles (synthetic), ") and supervision["eil"].endswith("% of pixels")
+    # evaluation.fit: each segmenter also scored on the images it was fitted on, one point each
+    curve = pd.read_csv(results / "summary/budget_curve.csv").set_index("variant")
+    assert set(curve.index) == set(yaml.safe_load((workdir / "config.yaml").read_text())["variants"])
+    assert curve.loc["ce", "train_miou"] == pd.read_csv(results / "eval/ce/fit/metrics.csv")["miou"].iloc[0]
+    labels = pd.read_csv(results / "pseudo_labels/none/eval/summary.csv")
+    assert curve.loc["ce", "labels_train_miou"] == labels["miou"].iloc[0]
     # nothing is left to do after a complete run
     assert planned_jobs(workdir, workdir / "config.yaml") == {}
 
@@ -94,7 +100,8 @@ def test_adding_a_variant_reruns_only_that_variant_and_the_views_of_all(tiny_run
     workdir, cfg = tiny_run
     variants = yaml.safe_load(cfg.read_text())["variants"]
     cfg = write_config(workdir / "more.yaml", variants={**variants, "ce_c": {"method": "ce", "pseudo_labels": "none"}})
-    assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "summary": 1, "browse": 1, "all": 1}
+    assert planned_jobs(workdir, cfg) == {"train_seg": 1, "evaluate": 1, "evaluate_fit": 1, "summary": 1,
+                                          "budget_curve": 1, "browse": 1, "all": 1}
 
 
 @pytest.mark.workflow
@@ -103,7 +110,7 @@ def test_removing_a_variant_reruns_only_the_summary_and_the_browser(tiny_run):
     config = yaml.safe_load(cfg.read_text())
     del config["variants"]["ce_b"]
     (workdir / "fewer.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert planned_jobs(workdir, workdir / "fewer.yaml") == {"summary": 1, "browse": 1, "all": 1}
+    assert planned_jobs(workdir, workdir / "fewer.yaml") == {"summary": 1, "budget_curve": 1, "browse": 1, "all": 1}
 
 
 @pytest.mark.workflow

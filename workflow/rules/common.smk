@@ -226,6 +226,26 @@ def variant_seg(name):
     return merged
 
 
+def budget_curves():
+    """{variant: curve}: variants that differ only in `seg.train.steps` (and `checkpoint_every`)
+    share a curve, named after its shortest variant name (then the first by name)."""
+    groups = {}
+    for name, options in sorted(VARIANTS.items()):
+        seg = variant_seg(name)
+        train = {
+            k: v
+            for k, v in seg["train"].items()
+            if k not in ("steps", "checkpoint_every")
+        }
+        setting = {**options, "seg": {**seg, "train": train}}
+        groups.setdefault(json.dumps(setting, sort_keys=True), []).append(name)
+    return {
+        name: min(names, key=lambda n: (len(n), n))
+        for names in groups.values()
+        for name in names
+    }
+
+
 def init_source(name):
     """('cam' | 'none' | 'variant' | 'file', the variant name or path) of a variant's `seg.init`."""
     init = variant_seg(name)["init"]

@@ -69,7 +69,7 @@ rule evaluate:
         runtime=120,
     params:
         split=config["evaluation"]["split"],
-        options=cli(config["evaluation"], exclude=("split", "crf_params")),
+        options=cli(config["evaluation"], exclude=("split", "crf_params", "fit")),
         crf=cli(config["evaluation"]["crf_params"]),
         device=DEVICE_ARGS,
     shell:
@@ -78,3 +78,22 @@ rule evaluate:
         " {params.options:q} {params.crf:q} {params.device:q} --out-metrics {output.metrics:q}"
         " --out-per-class {output.per_class:q} --out-predictions {output.predictions:q}"
         " --out-panels {output.panels:q} > {log:q} 2>&1"
+
+
+# The same segmenter scored on the images it was fitted on (evaluation.fit), against their masks:
+# beside the labels' own train mIoU, it tells underfitting from noisy labels (the budget curve).
+use rule evaluate as evaluate_fit with:
+    output:
+        metrics="results/eval/{variant}/fit/metrics.csv",
+        per_class="results/eval/{variant}/fit/per_class.csv",
+        predictions=directory("results/eval/{variant}/fit/predictions"),
+        panels=directory("results/eval/{variant}/fit/panels"),
+    log:
+        "results/logs/evaluate_fit/{variant}.log",
+    benchmark:
+        "results/benchmarks/evaluate_fit-{variant}.tsv"
+    params:
+        split=config["cam"]["eval"]["split"],
+        options=cli(config["evaluation"], exclude=("split", "crf_params", "fit")),
+        crf=cli(config["evaluation"]["crf_params"]),
+        device=DEVICE_ARGS,

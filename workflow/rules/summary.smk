@@ -98,6 +98,49 @@ rule summary:
         " --out-plot-variants {output.variants:q} --out-plot-curves {output.curves:q} > {log:q} 2>&1"
 
 
+# evaluation.fit: val and train mIoU against steps, beside the labels' own train mIoU
+rule budget_curve:
+    input:
+        val=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
+        fit=expand("results/eval/{variant}/fit/metrics.csv", variant=VARIANTS),
+        labels=expand(
+            "results/pseudo_labels/{refinement}/eval/summary.csv",
+            refinement=sorted(
+                {v.get("pseudo_labels") for v in VARIANTS.values()} & set(REFINEMENTS)
+            ),
+        ),
+    output:
+        csv="results/summary/budget_curve.csv",
+        png=report(
+            "results/summary/budget_curve.png",
+            caption="../report/budget_curve.rst",
+            category="Summary",
+        ),
+    log:
+        "results/logs/budget_curve.log",
+    params:
+        points=[
+            f"{v}={curve}:{variant_seg(v)['train']['steps']}"
+            for v, curve in budget_curves().items()
+        ],
+        val=lambda wildcards, input: [
+            f"{v}={path}" for v, path in zip(VARIANTS, input.val)
+        ],
+        fit=lambda wildcards, input: [
+            f"{v}={path}" for v, path in zip(VARIANTS, input.fit)
+        ],
+        # a curve's labels are the pseudo labels its variants learn from (none for masks, scribbles)
+        labels=[
+            f"{curve}=results/pseudo_labels/{VARIANTS[curve]['pseudo_labels']}/eval/summary.csv"
+            for curve in sorted(set(budget_curves().values()))
+            if VARIANTS[curve].get("pseudo_labels") in REFINEMENTS
+        ],
+    shell:
+        PYTHON
+        + " stages.budget_curve --point {params.points:q} --val {params.val:q} --fit {params.fit:q}"
+        " --labels {params.labels:q} --out-csv {output.csv:q} --out-png {output.png:q} > {log:q} 2>&1"
+
+
 rule devices:
     output:
         "results/devices.json",
