@@ -246,6 +246,16 @@ def budget_curves():
     }
 
 
+def curve_labels():
+    """{curve: refinement} for the budget curves that learn from pseudo labels (not masks or
+    scribbles), by curve name."""
+    return {
+        curve: VARIANTS[curve]["pseudo_labels"]
+        for curve in sorted(set(budget_curves().values()))
+        if VARIANTS[curve].get("pseudo_labels") in REFINEMENTS
+    }
+
+
 def init_source(name):
     """('cam' | 'none' | 'variant' | 'file', the variant name or path) of a variant's `seg.init`."""
     init = variant_seg(name)["init"]

@@ -103,12 +103,10 @@ rule budget_curve:
     input:
         val=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
         fit=expand("results/eval/{variant}/fit/metrics.csv", variant=VARIANTS),
-        labels=expand(
-            "results/pseudo_labels/{refinement}/eval/summary.csv",
-            refinement=sorted(
-                {v.get("pseudo_labels") for v in VARIANTS.values()} & set(REFINEMENTS)
-            ),
-        ),
+        labels=[
+            f"results/pseudo_labels/{r}/eval/summary.csv"
+            for r in curve_labels().values()
+        ],
     output:
         csv="results/summary/budget_curve.csv",
         png=report(
@@ -129,11 +127,8 @@ rule budget_curve:
         fit=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.fit)
         ],
-        # a curve's labels are the pseudo labels its variants learn from (none for masks, scribbles)
-        labels=[
-            f"{curve}=results/pseudo_labels/{VARIANTS[curve]['pseudo_labels']}/eval/summary.csv"
-            for curve in sorted(set(budget_curves().values()))
-            if VARIANTS[curve].get("pseudo_labels") in REFINEMENTS
+        labels=lambda wildcards, input: [
+            f"{curve}={path}" for curve, path in zip(curve_labels(), input.labels)
         ],
     shell:
         PYTHON
