@@ -11,9 +11,9 @@ what they gave on voc-aug):
   foreground and teach the network to say "background".
 - ``class_balance`` weights each labelled pixel by its class's share of the batch's labelled
   pixels to the power ``-class_balance`` (0.5: inverse square root), the weights normalised to
-  mean 1 so that only the balance changes, not the step size. A segmenter trained on CAM pseudo
-  labels predicts far less foreground than its labels hold; this counters the pull of the
-  majority class.
+  mean 1 so that only the balance changes, not the step size. On voc-aug a segmenter predicts
+  less foreground than its pseudo labels hold (docs/real-images.md); this counters the pull of the majority
+  class.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def small_loss_cross_entropy(logits: torch.Tensor, label: torch.Tensor, forget: 
                 keep &= ~(members & (losses >= cut))
     weight = keep.float()
     if balance > 0 and keep.any():
-        counts = torch.bincount(label[keep], minlength=int(classes.max()) + 1).float()
+        counts = torch.bincount(label[keep]).float()
         per_class = counts.clamp(min=1) ** -balance
         weight = weight * per_class[torch.where(keep, label, 0)]
         weight = weight * keep.sum() / weight.sum()
