@@ -6,8 +6,9 @@ train mIoU of the pseudo labels it learnt from. Read together they say whether t
 budget bound a result: a segmenter that reproduces its labels on its own training images is bounded
 by the labels; one that stays below them even on ground-truth masks (an ORACLE curve) is bounded by
 the budget and the data. ``train_fg_ratio`` (predicted foreground over true foreground on the
-fitted images) names a bias the mIoU hides: a segmenter drifts toward its labels' systematic
-errors, e.g. the foreground PL-Mix's labels spread into the background.
+fitted images), beside its labels' own (``labels_fg_ratio``), names a bias the mIoU hides: a
+segmenter drifts toward its labels' systematic errors, e.g. the foreground PL-Mix's labels spread
+into the background.
 """
 from __future__ import annotations
 
@@ -24,26 +25,18 @@ from stages.io.named_args import named_paths, named_values
 from stages.reporting.figures import new_figure, save_png
 from stages.reporting.tables import read_csv, to_markdown
 
-COLUMNS = ["curve", "variant", "steps", "val_miou", "train_miou", "train_fg_ratio", "labels_train_miou"]
+COLUMNS = ["curve", "variant", "steps", "val_miou", "train_miou", "train_fg_ratio", "labels_train_miou",
+           "labels_fg_ratio"]
 
 
-def single_scale_miou(path: Path) -> float:
-    """The single-scale mIoU of an `evaluate` metrics file (the mode every evaluation scores)."""
-    frame = read_csv(path, ["mode", "miou"])
+def single_scale(path: Path, column: str = "miou") -> float:
+    """``column`` of the single-scale row of an `evaluate` metrics file (the mode every evaluation
+    scores)."""
+    frame = read_csv(path, ["mode", column])
     rows = frame[frame["mode"] == "single"]
     if rows.empty:
         raise InputError(f"{path}: no 'single' row")
-    return float(rows["miou"].iloc[0])
-
-
-def foreground_ratio(path: Path) -> float:
-    """Predicted over true foreground share, from an `evaluate` per-class file (class 0 is
-    background)."""
-    frame = read_csv(path, ["class_index", "gt_share", "pred_share"])
-    background = frame[frame["class_index"] == 0]
-    if background.empty:
-        raise InputError(f"{path}: no background row (class_index 0)")
-    return (1 - float(background["pred_share"].iloc[0])) / max(1 - float(background["gt_share"].iloc[0]), 1e-12)
+    return float(rows[column].iloc[0])
 
 
 def parse_points(values: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -58,17 +51,18 @@ def parse_points(values: Sequence[str]) -> dict[str, tuple[str, int]]:
 
 
 def budget_table(points: dict[str, tuple[str, int]], val: dict[str, Path], fit: dict[str, Path],
-                 fit_classes: dict[str, Path], labels: dict[str, Path]) -> pd.DataFrame:
-    """One row per variant, sorted by curve and steps; ``labels_train_miou`` is empty for curves
+                 labels: dict[str, Path]) -> pd.DataFrame:
+    """One row per variant, sorted by curve and steps; the ``labels_`` columns are empty for curves
     whose labels are not pseudo labels (masks, scribbles)."""
-    missing = sorted(set(points) - (set(val) & set(fit) & set(fit_classes)))
+    missing = sorted(set(points) - (set(val) & set(fit)))
     if missing:
-        raise InputError(f"no --val, --fit or --fit-classes file for {', '.join(missing)}")
-    label_miou = {curve: float(read_csv(path, ["miou"])["miou"].iloc[0]) for curve, path in labels.items()}
-    rows = [{"curve": curve, "variant": variant, "steps": steps, "val_miou": single_scale_miou(val[variant]),
-             "train_miou": single_scale_miou(fit[variant]),
-             "train_fg_ratio": foreground_ratio(fit_classes[variant]),
-             "labels_train_miou": label_miou.get(curve, float("nan"))}
+        raise InputError(f"no --val or --fit file for {', '.join(missing)}")
+    label_rows = {curve: read_csv(path, ["miou", "fg_ratio"]).iloc[0] for curve, path in labels.items()}
+    nan = pd.Series({"miou": float("nan"), "fg_ratio": float("nan")})
+    rows = [{"curve": curve, "variant": variant, "steps": steps, "val_miou": single_scale(val[variant]),
+             "train_miou": single_scale(fit[variant]), "train_fg_ratio": single_scale(fit[variant], "fg_ratio"),
+             "labels_train_miou": float(label_rows.get(curve, nan)["miou"]),
+             "labels_fg_ratio": float(label_rows.get(curve, nan)["fg_ratio"])}
             for variant, (curve, steps) in points.items()]
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["curve", "steps"], ignore_index=True)
 
@@ -100,8 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--point", nargs="+", required=True, metavar="VARIANT=CURVE:STEPS")
     p.add_argument("--val", nargs="+", required=True, metavar="VARIANT=CSV", help="evaluate metrics, held-out split")
     p.add_argument("--fit", nargs="+", required=True, metavar="VARIANT=CSV", help="evaluate metrics, fitted images")
-    p.add_argument("--fit-classes", nargs="+", required=True, metavar="VARIANT=CSV",
-                   help="evaluate per-class file, fitted images")
     p.add_argument("--labels", nargs="*", default=[], metavar="CURVE=CSV",
                    help="eval_pseudo summary of the pseudo labels a curve learns from")
     p.add_argument("--out-csv", type=Path, required=True)
@@ -112,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     table = budget_table(parse_points(args.point), named_paths(args.val, "--val"), named_paths(args.fit, "--fit"),
-                         named_paths(args.fit_classes, "--fit-classes"), named_paths(args.labels, "--labels"))
+                         named_paths(args.labels, "--labels"))
     with atomic_path(args.out_csv) as tmp:
         table.to_csv(tmp, index=False)
     plot_budget(table, args.out_png)

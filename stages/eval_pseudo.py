@@ -7,6 +7,10 @@ Two mIoUs, because a pseudo label may abstain (255):
 - ``miou_labelled``: labelled pixels only (255 skipped). It rises when a label abstains on hard
   pixels, so it is read together with ``coverage``, the share of valid ground-truth pixels that
   received a label. ``precision`` (pixel accuracy) counts labelled pixels only too.
+
+``fg_ratio``, ``false_fg``, ``missed_fg`` and ``wrong_class`` say where the errors fall (ignored
+pixels as background, as in ``miou``): labels that cover too much foreground teach a segmenter to
+spread, which more training does not undo (docs/real-images.md).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", required=True, help="directory of <id>.png pseudo labels")
     p.add_argument("--split", required=True, help="split with ground-truth masks (train)")
     p.add_argument("--out-summary", required=True,
-                   help="CSV: miou, miou_labelled, precision, coverage, n_images")
+                   help="CSV: miou, miou_labelled, precision, coverage, fg_ratio, false_fg, missed_fg, "
+                        "wrong_class, n_images")
     p.add_argument("--out-per-class", required=True, help="CSV: class, iou, iou_labelled")
     return p.parse_args(argv)
 
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     as_background = matrix.ignored_as(0)
     summary = pd.DataFrame([{"miou": as_background.miou(), "miou_labelled": matrix.miou(),
                              "precision": matrix.pixel_accuracy(), "coverage": matrix.coverage(),
-                             "n_images": len(index.ids(args.split))}])
+                             **as_background.error_shares(), "n_images": len(index.ids(args.split))}])
     per_class = pd.DataFrame({"class": index.classes, "iou": as_background.iou(),
                               "iou_labelled": matrix.iou()})
     for path, frame in ((args.out_summary, summary), (args.out_per_class, per_class)):
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     row = summary.iloc[0]
     print(f"pseudo labels {args.labels}: mIoU {row.miou:.4f} (ignored = background), "
           f"mIoU of labelled pixels {row.miou_labelled:.4f}, precision {row.precision:.4f}, "
-          f"coverage {row.coverage:.4f}")
+          f"coverage {row.coverage:.4f}, foreground {row.fg_ratio:.2f}x the true")
 
 
 if __name__ == "__main__":

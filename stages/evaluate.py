@@ -51,7 +51,8 @@ class StreamingEvaluation:
 
     def metrics(self) -> pd.DataFrame:
         return pd.DataFrame([{"mode": mode, "miou": cm.miou(), "pixel_acc": cm.pixel_accuracy(),
-                              "n_images": self.n_images} for mode, cm in self.matrices.items()])
+                              **cm.error_shares(), "n_images": self.n_images}
+                             for mode, cm in self.matrices.items()])
 
     def per_class(self, classes: Sequence[str]) -> pd.DataFrame:
         """IoU per class and mode, and the first mode's (the single pass's) class histogram beside the

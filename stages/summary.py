@@ -35,7 +35,7 @@ from stages.reporting.per_class import per_class_long, per_class_markdown
 from stages.reporting.tables import read_csv, to_markdown
 
 COLUMNS = ["stage", "name", "split", "supervision", "miou", "miou_labelled", "miou_multiscale",
-           "miou_multiscale_crf", "precision", "coverage", "threshold", "seconds"]
+           "miou_multiscale_crf", "precision", "coverage", "fg_ratio", "threshold", "seconds"]
 SEG_MODE_COLUMNS = {"single": "miou", "multiscale": "miou_multiscale", "multiscale+crf": "miou_multiscale_crf"}
 MODE_LABELS = {"miou": "single scale", "miou_multiscale": "multi-scale + flip",
                "miou_multiscale_crf": "multi-scale + flip + CRF"}
@@ -56,6 +56,9 @@ NOTES = {  # summary.md's key to the columns, for those the table has
     "miou_multiscale_crf": "segmentation: multi-scale + flip, then dense CRF",
     "precision": "pseudo labels: pixel accuracy over labelled pixels",
     "coverage": "pseudo labels: share of valid ground-truth pixels that received a label",
+    "fg_ratio": "foreground labelled (pseudo labels, ignored pixels as background) or predicted (segmentation, "
+                "single scale) over the true foreground: above 1 spreads into the background, below 1 misses "
+                "objects; a segmenter learns its labels' bias",
     "threshold": "background score of the best CAM threshold",
     "seconds": "wall time of the rule's job (`stage` = rule, `name` = its wildcards), from Snakemake's "
                "benchmark files",
@@ -95,7 +98,7 @@ def pseudo_rows(summaries: dict[str, Path], split: str) -> list[dict]:
         row = read_csv(path, ["miou", "miou_labelled", "precision", "coverage"]).iloc[0]
         rows.append({"stage": "pseudo_labels", "name": name, "split": split, "miou": row["miou"],
                      "miou_labelled": row["miou_labelled"], "precision": row["precision"],
-                     "coverage": row["coverage"]})
+                     "coverage": row["coverage"], "fg_ratio": row.get("fg_ratio")})  # older files: none
     return rows
 
 
@@ -125,8 +128,10 @@ def variant_rows(metrics: dict[str, Path], split: str, supervision: dict[str, st
         unknown = set(frame["mode"]) - SEG_MODE_COLUMNS.keys()
         if unknown:
             raise InputError(f"{path}: unknown evaluation mode(s) {sorted(unknown)}")
+        single = frame[frame["mode"] == "single"]
+        fg_ratio = single["fg_ratio"].iloc[0] if "fg_ratio" in frame and not single.empty else None
         rows.append({"stage": "segmentation", "name": name, "split": split,
-                     "supervision": (supervision or {}).get(name),
+                     "supervision": (supervision or {}).get(name), "fg_ratio": fg_ratio,
                      **{SEG_MODE_COLUMNS[m]: v for m, v in zip(frame["mode"], frame["miou"])}})
     return rows
 

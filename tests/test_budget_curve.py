@@ -41,46 +41,41 @@ def test_without_fit_nothing_extra_runs(tmp_path):
     assert "evaluate_fit" not in out and "budget_curve" not in out
 
 
-def _metrics(path, miou):
+def _metrics(path, miou, fg_ratio=1.0):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"mode": "single", "miou": miou, "pixel_acc": 0.5, "n_images": 3}]).to_csv(path, index=False)
-    return path
-
-
-def _per_class(path, gt_bg, pred_bg):
-    pd.DataFrame([{"class_index": 0, "class": "background", "single": 0.7, "gt_share": gt_bg, "pred_share": pred_bg},
-                  {"class_index": 1, "class": "cat", "single": 0.3, "gt_share": 1 - gt_bg,
-                   "pred_share": 1 - pred_bg}]).to_csv(path, index=False)
+    pd.DataFrame([{"mode": "single", "miou": miou, "pixel_acc": 0.5, "fg_ratio": fg_ratio, "n_images": 3},
+                  {"mode": "multiscale", "miou": 0.9, "pixel_acc": 0.9, "fg_ratio": 9.0, "n_images": 3}]
+                 ).to_csv(path, index=False)
     return path
 
 
 def test_stage_writes_table_and_plot(tmp_path):
     val = {v: _metrics(tmp_path / v / "val.csv", m) for v, m in (("a", 0.2), ("a_600", 0.3), ("gt", 0.4))}
-    fit = {v: _metrics(tmp_path / v / "fit.csv", m) for v, m in (("a", 0.25), ("a_600", 0.35), ("gt", 0.6))}
-    classes = {v: _per_class(tmp_path / v / "per_class.csv", 0.6, bg) for v, bg in (("a", 0.8), ("a_600", 0.7),
-                                                                                      ("gt", 0.6))}
+    fit = {v: _metrics(tmp_path / v / "fit.csv", m, r) for v, m, r in (("a", 0.25, 0.5), ("a_600", 0.35, 0.75),
+                                                                        ("gt", 0.6, 1.0))}
     labels = tmp_path / "labels.csv"
-    pd.DataFrame([{"miou": 0.5, "miou_labelled": 0.55, "precision": 0.8, "coverage": 0.9}]).to_csv(labels, index=False)
+    pd.DataFrame([{"miou": 0.5, "miou_labelled": 0.55, "precision": 0.8, "coverage": 0.9, "fg_ratio": 1.25}]
+                 ).to_csv(labels, index=False)
     out_csv, out_png = tmp_path / "curve.csv", tmp_path / "curve.png"
     budget_curve.main(["--point", "a_600=a:600", "a=a:300", "gt=gt:300",
                        "--val", *(f"{v}={p}" for v, p in val.items()),
                        "--fit", *(f"{v}={p}" for v, p in fit.items()),
-                       "--fit-classes", *(f"{v}={p}" for v, p in classes.items()),
                        "--labels", f"a={labels}", "--out-csv", str(out_csv), "--out-png", str(out_png)])
     table = pd.read_csv(out_csv)
     assert table[["curve", "variant", "steps"]].values.tolist() == [["a", "a", 300], ["a", "a_600", 600],
                                                                    ["gt", "gt", 300]]
     assert table["val_miou"].tolist() == [0.2, 0.3, 0.4] and table["train_miou"].tolist() == [0.25, 0.35, 0.6]
-    assert table["train_fg_ratio"].tolist() == pytest.approx([0.5, 0.75, 1.0])  # (1 - pred bg) / (1 - gt bg)
-    assert table["labels_train_miou"].iloc[:2].tolist() == [0.5, 0.5] and table["labels_train_miou"].isna().iloc[2]
+    assert table["train_fg_ratio"].tolist() == [0.5, 0.75, 1.0]  # the single-scale row's
+    for column, value in (("labels_train_miou", 0.5), ("labels_fg_ratio", 1.25)):
+        assert table[column].iloc[:2].tolist() == [value, value] and table[column].isna().iloc[2]
     with Image.open(out_png) as image:
         assert image.size[0] > 300
 
 
 def test_missing_fit_metrics_are_named(tmp_path):
     val = _metrics(tmp_path / "val.csv", 0.2)
-    with pytest.raises(InputError, match="no --val, --fit or --fit-classes file for b"):
-        budget_curve.budget_table({"a": ("a", 3), "b": ("a", 6)}, {"a": val, "b": val}, {"a": val}, {"a": val}, {})
+    with pytest.raises(InputError, match="no --val or --fit file for b"):
+        budget_curve.budget_table({"a": ("a", 3), "b": ("a", 6)}, {"a": val, "b": val}, {"a": val}, {})
 
 
 @pytest.mark.parametrize("spec", ["a=6", "a=x:y", "a=:6"])

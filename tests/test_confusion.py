@@ -45,3 +45,18 @@ def test_without_ignored_predictions_both_agree() -> None:
     cm.update(GT, np.where(PRED == 255, 0, PRED).astype(np.uint8))
     assert cm.miou() == pytest.approx(cm.ignored_as(0).miou())
     assert cm.unlabelled.tolist() == [0, 0, 0]
+
+
+def test_error_shares_split_the_errors_by_where_they_fall() -> None:
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([[0, 0, 1, 2]]), np.array([[1, 0, 2, 2]]))
+    # one background pixel called foreground, one class-1 pixel called class 2; 3 fg predicted of 2
+    assert cm.error_shares() == pytest.approx({"fg_ratio": 1.5, "false_fg": 0.25, "missed_fg": 0.0,
+                                               "wrong_class": 0.25})
+    as_bg = ConfusionMatrix(3)
+    as_bg.update(GT, PRED)
+    shares = as_bg.ignored_as(0).error_shares()  # three object pixels left unlabelled: missed
+    assert shares == pytest.approx({"fg_ratio": 2 / 5, "false_fg": 0.0, "missed_fg": 3 / 7, "wrong_class": 0.0})
+    errors = shares["false_fg"] + shares["missed_fg"] + shares["wrong_class"]
+    assert as_bg.ignored_as(0).pixel_accuracy() + errors == pytest.approx(1)
+    assert all(np.isnan(v) for v in ConfusionMatrix(3).error_shares().values())

@@ -101,7 +101,8 @@ def test_stage_without_crf_then_eval(dataset, tmp_path):
     eval_pseudo.main(["--index", str(index_path), "--labels", str(out), "--split", "train",
                       "--out-summary", str(summary), "--out-per-class", str(per_class)])
     frame = pd.read_csv(summary)
-    assert list(frame.columns) == ["miou", "miou_labelled", "precision", "coverage", "n_images"]
+    assert list(frame.columns) == ["miou", "miou_labelled", "precision", "coverage", "fg_ratio", "false_fg",
+                                   "missed_fg", "wrong_class", "n_images"]
     row = frame.iloc[0]
     p2_banded = expected_banded(np.stack([P2_CAT, P2_DOG]), [1, 2], 0.3, 0.1)
     p2_ignored = int(np.sum(p2_banded == 255))

@@ -23,15 +23,15 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "best_plmix.json").write_text(json.dumps({"threshold": 0.3, "miou": 0.45}))
     (tmp_path / "pseudo_none.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
                                               "0.45,0.5,0.8,0.9,100\n")
-    (tmp_path / "pseudo_plmix.csv").write_text("miou,miou_labelled,precision,coverage,n_images\n"
-                                               "0.48,0.55,0.82,0.85,100\n")
+    (tmp_path / "pseudo_plmix.csv").write_text("miou,miou_labelled,precision,coverage,fg_ratio,n_images\n"
+                                               "0.48,0.55,0.82,0.85,1.25,100\n")  # pseudo_none: an older file
     (tmp_path / "rounds_plmix.csv").write_text(
         "round,label_threshold,paste_transform,loss,eval_threshold,eval_miou\n"
         "0,,,,0.26,0.4125\n1,0.26,False,1.2,0.28,0.43\n2,0.28,True,1.1,0.3,0.445\n")
     (tmp_path / "eval_ce.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.6,0.9,50\n"
                                           "multiscale,0.62,0.91,50\n")
-    (tmp_path / "eval_rss.csv").write_text("mode,miou,pixel_acc,n_images\nsingle,0.64,0.9,50\n"
-                                           "multiscale,0.65,0.91,50\nmultiscale+crf,0.67,0.92,50\n")
+    (tmp_path / "eval_rss.csv").write_text("mode,miou,pixel_acc,fg_ratio,n_images\nsingle,0.64,0.9,0.8,50\n"
+                                           "multiscale,0.65,0.91,0.9,50\nmultiscale+crf,0.67,0.92,0.95,50\n")
     (tmp_path / "train_cam.csv").write_text("step,epoch,loss,lr,img_per_s,skipped\n1,0,0.7,0.01,10,0\n"
                                             "2,0,0.6,0.005,11,0\n")
     (tmp_path / "train_ce.csv").write_text("step,epoch,loss,ce,lr,lr_g0,img_per_s,skipped\n"
@@ -100,11 +100,16 @@ def test_table_contents(inputs) -> None:
 
     md = (d / "out" / "summary.md").read_text().splitlines()
     start = md.index("| stage | name | split | supervision | miou | miou_labelled | miou_multiscale "
-                     "| miou_multiscale_crf | precision | coverage | threshold | seconds |")
+                     "| miou_multiscale_crf | precision | coverage | fg_ratio | threshold | seconds |")
     table_lines = md[start:md.index("", start)]
     assert len(table_lines) == 2 + 10
-    assert "| pseudo_labels | plmix | train |  | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 |  |  |" in table_lines
-    assert "| segmentation | rss | val | GT masks (ORACLE) | 0.6400 |  | 0.6500 | 0.6700 |" in table_lines[9]
+    assert "| pseudo_labels | plmix | train |  | 0.4800 | 0.5500 |  |  | 0.8200 | 0.8500 | 1.2500 |  |  |" \
+        in table_lines
+    assert "| pseudo_labels | none | train |  | 0.4500 | 0.5000 |  |  | 0.8000 | 0.9000 |  |  |  |" in table_lines
+    # the single-scale row's ratio; ce's older metrics file has none
+    assert "| segmentation | rss | val | GT masks (ORACLE) | 0.6400 |  | 0.6500 | 0.6700 |  |  | 0.8000 |" \
+        in table_lines[9]
+    assert any(line.startswith("| segmentation | ce |") and line.endswith("|  |  |  |  |") for line in table_lines)
     assert table_lines[-1].startswith("| train_seg | ce |") and table_lines[-1].endswith("| 35.0 |")
     notes = "\n".join(md[md.index("Columns:"):])
     assert "`miou`: pseudo labels: an ignored (255) pixel counts as background" in notes

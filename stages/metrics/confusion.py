@@ -64,6 +64,24 @@ class ConfusionMatrix:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
 
+    def error_shares(self, background: int = 0) -> dict[str, float]:
+        """Where the errors fall, for labels or predictions that may be biased rather than noisy:
+        ``fg_ratio``, predicted over true foreground pixels (1: the right amount), and the shares
+        of counted pixels that are ``false_fg`` (true background, predicted foreground),
+        ``missed_fg`` (true foreground, predicted background) and ``wrong_class`` (foreground as
+        another foreground class); with pixel accuracy they sum to 1. NaN when nothing is counted."""
+        total = self.matrix.sum()
+        if not total:
+            return dict.fromkeys(("fg_ratio", "false_fg", "missed_fg", "wrong_class"), float("nan"))
+        fg = np.arange(self.num_classes) != background
+        true_fg, pred_fg = self.matrix[fg].sum(), self.matrix[:, fg].sum()
+        false_fg = self.matrix[background, fg].sum()
+        missed_fg = self.matrix[fg, background].sum()
+        wrong = self.matrix[np.ix_(fg, fg)].sum() - np.trace(self.matrix[np.ix_(fg, fg)])
+        return {"fg_ratio": float(pred_fg / true_fg) if true_fg else float("nan"),
+                "false_fg": float(false_fg / total), "missed_fg": float(missed_fg / total),
+                "wrong_class": float(wrong / total)}
+
     def coverage(self) -> float:
         """Share of non-void GT pixels that carry a (non-ignore) prediction."""
         return float(self.matrix.sum() / self.valid_gt) if self.valid_gt else float("nan")

@@ -103,7 +103,6 @@ rule budget_curve:
     input:
         val=expand("results/eval/{variant}/metrics.csv", variant=VARIANTS),
         fit=expand("results/eval/{variant}/fit/metrics.csv", variant=VARIANTS),
-        fit_classes=expand("results/eval/{variant}/fit/per_class.csv", variant=VARIANTS),
         labels=[
             f"results/pseudo_labels/{r}/eval/summary.csv"
             for r in curve_labels().values()
@@ -128,16 +127,13 @@ rule budget_curve:
         fit=lambda wildcards, input: [
             f"{v}={path}" for v, path in zip(VARIANTS, input.fit)
         ],
-        fit_classes=lambda wildcards, input: [
-            f"{v}={path}" for v, path in zip(VARIANTS, input.fit_classes)
-        ],
         labels=lambda wildcards, input: [
             f"{curve}={path}" for curve, path in zip(curve_labels(), input.labels)
         ],
     shell:
         PYTHON
         + " stages.budget_curve --point {params.points:q} --val {params.val:q} --fit {params.fit:q}"
-        " --fit-classes {params.fit_classes:q} --labels {params.labels:q} --out-csv {output.csv:q} --out-png {output.png:q} > {log:q} 2>&1"
+        " --labels {params.labels:q} --out-csv {output.csv:q} --out-png {output.png:q} > {log:q} 2>&1"
 
 
 rule devices:
