@@ -207,6 +207,9 @@ def test_pseudo_and_gt_rewards_on_hand_made_maps() -> None:
     miou, ok = MaskReward("miou", 3).image(maps, batch)
     # background: 3 / 4, class 1: 2 / 4, class 2 (predicted only, labelled pixel): 0 / 1
     assert miou.item() == pytest.approx((3 / 4 + 2 / 4 + 0) / 3) and ok.item()
+    # over the labels' classes only, class 2 (which they lack) costs only the pixels it takes
+    miou_reference, _ = MaskReward("miou_reference", 3).image(maps, batch)
+    assert miou_reference.item() == pytest.approx((3 / 4 + 2 / 4) / 2)
     unlabelled = RewardBatch(torch.full((1, 2, 4), IGNORE), batch.images, batch.tags, ["a"])
     assert not MaskReward("miou", 3).image(maps, unlabelled)[1].item()
     with pytest.raises(InputError, match="pseudo_labels: gt"):  # the ground truth is a label source now
@@ -341,3 +344,20 @@ def test_rss_trains_from_a_ce_cold_start_and_plots_its_curves(toy, tmp_path: Pat
     assert meta["method"] == "rss" and meta["init"]["from"] == "model"
 
 
+
+
+def test_a_variants_processes_start_its_segmenter_under_torchrun(tmp_path: Path) -> None:
+    """SyncAN rows need several processes: `seg.processes` is that variant's train_seg `gpu`
+    resource (torchrun), the other variants keep one, and the key never reaches the model flags."""
+    from conftest import snakemake, write_config
+
+    pixel = {"method": "rss", "pseudo_labels": "none", "reward": {"level": "pixel"}}
+    cfg = write_config(tmp_path / "config.yaml")
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "variants": {
+        "rss_one": pixel, "rss_two": {**pixel, "seg": {"processes": 2, "train": {"batch_size": 2}}}}}))
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg).stdout
+    starts = {line.split("--out results/seg/")[1].split("/")[0]: line for line in out.splitlines()
+              if "stages.train_seg" in line}
+    assert "stages.launch --gpus 2 stages.train_seg" in starts["rss_two"]
+    assert "stages.launch --gpus 1 stages.train_seg" in starts["rss_one"]
+    assert "processes" not in starts["rss_two"] and "--batch-size 2" in starts["rss_two"]

@@ -19,7 +19,7 @@ rule train_seg:
     priority: SEGMENTER_PRIORITY
     threads: side_by_side(4)
     resources:
-        gpu=1,
+        gpu=lambda wildcards: variant_seg(wildcards.variant).get("processes", 1),
         mem_mb=16000,
         runtime=480,
     params:
@@ -31,7 +31,7 @@ rule train_seg:
         inputs=train_seg_flags,
         split=config["cam"]["infer"]["split"],
         model=lambda wildcards: cli(
-            variant_seg(wildcards.variant), exclude=("train", "init")
+            variant_seg(wildcards.variant), exclude=("train", "init", "processes")
         ),
         train=lambda wildcards: cli(variant_seg(wildcards.variant)["train"]),
         device=DEVICE_ARGS,

@@ -1,7 +1,8 @@
 """Reward sources of RSS, chosen by name in ``reward.source``: what scores a sampled action map.
 
 - ``pseudo`` (default): the map against the variant's label folder, 255 pixels left out; per
-  pixel, agreement; per map, ``reward.metric`` (``miou`` or pixel ``accuracy``). The folder is
+  pixel, agreement; per map, ``reward.metric``: ``miou`` over the classes in the map or the
+  labels, ``miou_reference`` over the classes in the labels only, or pixel ``accuracy``. The folder is
   the refinement's pseudo labels, or with the variant's ``pseudo_labels: gt`` the ground-truth
   masks: the paper's (ORACLE) setting, which the workflow marks in the variant's name.
 - ``tags`` (image level only): from the image-level labels, no mask. The tag term is the Jaccard
@@ -37,7 +38,7 @@ from stages.io.label_png import IGNORE
 
 BUILTIN_SOURCES = ("pseudo", "tags")
 LEVELS = ("pixel", "image")
-METRICS = ("miou", "accuracy")
+METRICS = ("miou", "miou_reference", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,19 @@ def map_confusion(maps: torch.Tensor, reference: torch.Tensor, num_classes: int)
     return counts[:bins].reshape(n, b, num_classes, num_classes)  # the last bin: unlabelled pixels
 
 
-def map_miou(maps: torch.Tensor, reference: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per map: mean IoU over labelled pixels, over the classes in the map or the reference there."""
+def map_miou(maps: torch.Tensor, reference: torch.Tensor, num_classes: int,
+             classes: str = "union") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per map: mean IoU over labelled pixels, over the classes in the map or the reference there
+    (``classes="union"``, the usual per-image mIoU) or in the reference only (``"reference"``).
+
+    Under a sampled (stochastic) map the two differ in kind: with ``union`` a class the labels lack
+    adds a zero to the mean as soon as one pixel shows it, so a right map with 1% of its pixels
+    sampled at random scores about a fifth of a deterministic all-background one on a toy image
+    (docs/methods/rss.md); with ``reference`` such a pixel costs only its own share."""
     confusion = map_confusion(maps, reference, num_classes).float()
     inter = confusion.diagonal(dim1=-2, dim2=-1)
     union = confusion.sum(-1) + confusion.sum(-2) - inter
-    present = union > 0
+    present = union > 0 if classes == "union" else confusion.sum(-1) > 0
     iou = torch.where(present, inter / union.clamp_min(1), 0.0)
     return iou.sum(-1) / present.sum(-1).clamp_min(1), present.any(-1)
 
@@ -158,7 +166,8 @@ class MaskReward(RewardSource):
     def image(self, maps: torch.Tensor, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.metric == "accuracy":
             return map_accuracy(maps, batch.reference)
-        return map_miou(maps, batch.reference, self.num_classes)
+        return map_miou(maps, batch.reference, self.num_classes,
+                        "reference" if self.metric == "miou_reference" else "union")
 
 
 def tag_jaccard(maps: torch.Tensor, tags: torch.Tensor, min_area: float) -> torch.Tensor:
