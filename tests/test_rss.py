@@ -361,3 +361,20 @@ def test_a_variants_processes_start_its_segmenter_under_torchrun(tmp_path: Path)
     assert "stages.launch --gpus 2 stages.train_seg" in starts["rss_two"]
     assert "stages.launch --gpus 1 stages.train_seg" in starts["rss_one"]
     assert "processes" not in starts["rss_two"] and "--batch-size 2" in starts["rss_two"]
+
+
+def test_a_stray_sampled_class_costs_the_union_miou_more_than_all_background() -> None:
+    """docs/methods/rss.md's cliff: on a toy-like image (one object on 17% of the pixels, 9
+    classes), the right map with 1% of its pixels sampled at random scores below a deterministic
+    all-background map under the usual per-map mIoU, and far above it over the mask's classes."""
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.zeros(1, 96, 96, dtype=torch.long)
+    reference[0, 30:70, 30:70] = 3
+    noisy = torch.rand(20, 1, 96, 96, generator=gen) < 0.01
+    right = torch.where(noisy, torch.randint(0, 9, (20, 1, 96, 96), generator=gen), reference)
+    background = torch.zeros(1, 1, 96, 96, dtype=torch.long)
+    batch = RewardBatch(reference, torch.zeros(1, 3, 96, 96), torch.zeros(1, 9, dtype=torch.bool), ["a"])
+    union, ref = MaskReward("miou", 9), MaskReward("miou_reference", 9)
+    assert union.image(background, batch)[0].item() == pytest.approx(ref.image(background, batch)[0].item())
+    assert union.image(right, batch)[0].mean() < 0.6 * union.image(background, batch)[0].item()
+    assert ref.image(right, batch)[0].mean() > 2 * ref.image(background, batch)[0].item()
