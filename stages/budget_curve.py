@@ -29,14 +29,13 @@ COLUMNS = ["curve", "variant", "steps", "val_miou", "train_miou", "train_fg_rati
            "labels_fg_ratio"]
 
 
-def single_scale(path: Path, column: str = "miou") -> float:
-    """``column`` of the single-scale row of an `evaluate` metrics file (the mode every evaluation
-    scores)."""
-    frame = read_csv(path, ["mode", column])
+def single_scale(path: Path) -> pd.Series:
+    """The single-scale row (the mode every evaluation scores) of an `evaluate` metrics file."""
+    frame = read_csv(path, ["mode", "miou", "fg_ratio"])
     rows = frame[frame["mode"] == "single"]
     if rows.empty:
         raise InputError(f"{path}: no 'single' row")
-    return float(rows[column].iloc[0])
+    return rows.iloc[0]
 
 
 def parse_points(values: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -58,12 +57,14 @@ def budget_table(points: dict[str, tuple[str, int]], val: dict[str, Path], fit: 
     if missing:
         raise InputError(f"no --val or --fit file for {', '.join(missing)}")
     label_rows = {curve: read_csv(path, ["miou", "fg_ratio"]).iloc[0] for curve, path in labels.items()}
-    nan = pd.Series({"miou": float("nan"), "fg_ratio": float("nan")})
-    rows = [{"curve": curve, "variant": variant, "steps": steps, "val_miou": single_scale(val[variant]),
-             "train_miou": single_scale(fit[variant]), "train_fg_ratio": single_scale(fit[variant], "fg_ratio"),
-             "labels_train_miou": float(label_rows.get(curve, nan)["miou"]),
-             "labels_fg_ratio": float(label_rows.get(curve, nan)["fg_ratio"])}
-            for variant, (curve, steps) in points.items()]
+    rows = []
+    for variant, (curve, steps) in points.items():
+        fitted, label = single_scale(fit[variant]), label_rows.get(curve, {})
+        rows.append({"curve": curve, "variant": variant, "steps": steps,
+                     "val_miou": float(single_scale(val[variant])["miou"]), "train_miou": float(fitted["miou"]),
+                     "train_fg_ratio": float(fitted["fg_ratio"]),
+                     "labels_train_miou": float(label.get("miou", float("nan"))),
+                     "labels_fg_ratio": float(label.get("fg_ratio", float("nan")))})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["curve", "steps"], ignore_index=True)
 
 

@@ -13,7 +13,7 @@ import yaml
 from test_ddp_gradients import free_port
 from test_train_seg import cli_args
 
-from conftest import REPO, toy_with_gt_labels
+from conftest import REPO, snakemake, toy_with_gt_labels, write_config
 from stages import train_seg
 from stages.errors import InputError
 from stages.io.label_png import IGNORE
@@ -349,8 +349,6 @@ def test_rss_trains_from_a_ce_cold_start_and_plots_its_curves(toy, tmp_path: Pat
 def test_a_variants_processes_start_its_segmenter_under_torchrun(tmp_path: Path) -> None:
     """SyncAN rows need several processes: `seg.processes` is that variant's train_seg `gpu`
     resource (torchrun), the other variants keep one, and the key never reaches the model flags."""
-    from conftest import snakemake, write_config
-
     pixel = {"method": "rss", "pseudo_labels": "none", "reward": {"level": "pixel"}}
     cfg = write_config(tmp_path / "config.yaml")
     cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "variants": {

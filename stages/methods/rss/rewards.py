@@ -137,18 +137,18 @@ def map_confusion(maps: torch.Tensor, reference: torch.Tensor, num_classes: int)
 
 
 def map_miou(maps: torch.Tensor, reference: torch.Tensor, num_classes: int,
-             classes: str = "union") -> tuple[torch.Tensor, torch.Tensor]:
+             reference_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per map: mean IoU over labelled pixels, over the classes in the map or the reference there
-    (``classes="union"``, the usual per-image mIoU) or in the reference only (``"reference"``).
+    (the usual per-image mIoU) or, with ``reference_only``, in the reference only.
 
-    Under a sampled (stochastic) map the two differ in kind: with ``union`` a class the labels lack
+    Under a sampled (stochastic) map the two differ in kind: over both, a class the labels lack
     adds a zero to the mean as soon as one pixel shows it, so a right map with 1% of its pixels
     sampled at random scores about a fifth of a deterministic all-background one on a toy image
-    (docs/methods/rss.md); with ``reference`` such a pixel costs only its own share."""
+    (docs/methods/rss.md); over the reference only, such a pixel costs only its own share."""
     confusion = map_confusion(maps, reference, num_classes).float()
     inter = confusion.diagonal(dim1=-2, dim2=-1)
     union = confusion.sum(-1) + confusion.sum(-2) - inter
-    present = union > 0 if classes == "union" else confusion.sum(-1) > 0
+    present = confusion.sum(-1) > 0 if reference_only else union > 0
     iou = torch.where(present, inter / union.clamp_min(1), 0.0)
     return iou.sum(-1) / present.sum(-1).clamp_min(1), present.any(-1)
 
@@ -166,8 +166,7 @@ class MaskReward(RewardSource):
     def image(self, maps: torch.Tensor, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.metric == "accuracy":
             return map_accuracy(maps, batch.reference)
-        return map_miou(maps, batch.reference, self.num_classes,
-                        "reference" if self.metric == "miou_reference" else "union")
+        return map_miou(maps, batch.reference, self.num_classes, self.metric == "miou_reference")
 
 
 def tag_jaccard(maps: torch.Tensor, tags: torch.Tensor, min_area: float) -> torch.Tensor:
