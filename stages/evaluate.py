@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     index = DatasetIndex.load(args.index)
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         model, meta = load_trained_model(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"classes": index.classes})
         model = inference_copy(model, ctx)

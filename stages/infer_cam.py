@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if unlabelled:
         raise MissingEntryError(f"{args.index}: {len(unlabelled)} id(s) of split {args.split!r} have no "
                        f"image-level labels, e.g. {unlabelled[:5]}")
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         net, meta = load_cam_net(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, meta, {"dataset": index.name, "classes": list(index.classes)})
         file_meta = network_cam_meta(index, args.split, meta, file_sha256(args.checkpoint), args.scales, args.flip)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = plmix_settings_from(args)
     training = settings_from(args)
     ops = Operations(crf_workers=args.crf_workers, infer_batch_size=args.infer_batch_size)
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         net, source_meta = load_cam_net(args.checkpoint, ctx.device)
         check_meta(args.checkpoint, source_meta, {"dataset": index.name, "classes": list(index.classes)})
         source_sha = file_sha256(args.checkpoint)

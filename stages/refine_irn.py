@@ -111,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
                         "none" if args.init == "cam" else args.weights)
     labels_meta = {"cams_sha256": file_sha256(args.cams), "split": args.split, "bg": bg, "fg": fg,
                    "crf": dataclasses.asdict(crf) if crf else None}
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         confident = confident_label_settings(bg, fg, crf, index.num_classes)
         labels = write_confident_labels(index, args.cams, args.split, confident, args.state_dir, labels_meta,
                                         args.crf_workers, ctx)
@@ -142,7 +142,7 @@ def walk(args: argparse.Namespace) -> None:
     index = DatasetIndex.load(args.index)
     ids = index.ids(args.split)
     settings = WalkSettings(beta=args.beta, log_t=args.log_t, alpha=args.alpha)
-    with CamReader(args.cams) as source, distributed_session(args.device, args.precision) as ctx:
+    with CamReader(args.cams) as source, distributed_session(args.device, args.precision, args.channels_last) as ctx:
         source.check_matches(index, ids)
         net, meta = load_affinity_net(args.model, ctx.device)
         check_meta(args.model, meta, {"dataset": index.name, "classes": list(index.classes)})

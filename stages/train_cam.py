@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from(args)
     index = DatasetIndex.load(args.index)
     dataset = ClassificationDataset(index, args.split, AugmentConfig.from_settings(settings), settings.seed)
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         meta = run_meta(args, settings, index, ctx.world_size)
         torch.manual_seed(settings.seed)
         model = CAMNet(args.backbone, meta["num_classes"], weights=args.weights, pooling=args.pooling)

@@ -127,7 +127,7 @@ def train(args: argparse.Namespace, ctx: DistContext) -> nn.Module:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with distributed_session(args.device, args.precision) as ctx:
+    with distributed_session(args.device, args.precision, args.channels_last) as ctx:
         train(args, ctx)
 
 

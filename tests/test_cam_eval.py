@@ -198,3 +198,17 @@ def test_images_of_different_sizes_share_a_pass_and_keep_their_own_cams():
     assert [t.shape for t in together] == [(3, 70, 90), (3, 66, 84)]
     for x, y in zip(together, alone):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+def test_keeping_the_present_classes_gives_their_rows_of_all_classes():
+    """``keep`` picks channels before the upsampling; the maps are those of the full set, and an
+    image without classes gets an empty (0, h, w) map."""
+    torch.manual_seed(0)
+    net = CAMNet("resnet18", num_classes=4, weights="none").eval()
+    a, b = torch.randn(3, 70, 90), torch.randn(3, 66, 84)
+    keep = [torch.tensor([2, 0]), torch.tensor([], dtype=torch.int64)]
+    with torch.inference_mode():
+        every = multiscale_cams(net, [a, b], (1.0, 0.5), flip=True, size_divisor=16)
+        kept = multiscale_cams(net, [a, b], (1.0, 0.5), flip=True, size_divisor=16, keep=keep)
+    torch.testing.assert_close(kept[0], every[0][keep[0]], atol=1e-4, rtol=1e-4)
+    assert kept[1].shape == (0, 66, 84)

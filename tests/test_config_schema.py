@@ -146,7 +146,7 @@ def test_train_block_is_train_settings():
         assert block[name]["default"] == want, name
     parser = argparse.ArgumentParser()
     add_training_arguments(parser)
-    flags = {a.dest for a in parser._actions} - {"help", "device", "precision"}
+    flags = {a.dest for a in parser._actions} - {"help", "device", "precision", "channels_last"}
     assert flags == fields.keys()
     changed = TrainSettings(crop_size=64, scale_range=(0.5, 2.0), optimizer="adamw", effective_batch_size=32)
     assert settings_from(parser.parse_args(training_argv(changed))) == changed  # the flags' inverse

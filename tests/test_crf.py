@@ -1,10 +1,14 @@
 """Dense CRF: it cleans a noisy labelling of a two-colour image, for any number of labels."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
+
 import numpy as np
 import pytest
 
-from stages.labels.crf import CRFParams, dense_crf, dense_crf_many
+from stages.errors import InputError
+from stages.labels.crf import CRFParams, add_crf_arguments, crf_params_from, dense_crf, dense_crf_many
 
 PARAMS = CRFParams(iterations=10, gaussian_sxy=3, gaussian_compat=3,
                    bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10)
@@ -74,3 +78,32 @@ def test_shared_lattice_gives_what_separate_crfs_give():
         np.testing.assert_array_equal(refined, dense_crf(image, probs, PARAMS))
     with pytest.raises(ValueError, match="do not match"):
         dense_crf_many(image, [maps[0], maps[0][:2]], PARAMS)
+
+
+def test_a_half_size_crf_labels_like_the_full_one():
+    """scale 0.5 runs on a quarter of the pixels (kernels' widths halved) and comes back at full size."""
+    image, truth, probs = two_colour_scene(np.random.default_rng(4), size=96)
+    full = dense_crf(image, probs, PARAMS)
+    half = dense_crf(image, probs, dataclasses.replace(PARAMS, scale=0.5))
+    assert half.shape == probs.shape and half.dtype == np.float32
+    np.testing.assert_allclose(half.sum(0), 1.0, atol=1e-4)
+    assert np.mean(half.argmax(0) == full.argmax(0)) > 0.98
+    assert iou(half.argmax(0), truth, 1) > 0.95
+    assert not np.array_equal(half, full)  # it did run on the smaller copy
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, 1.5])
+def test_a_scale_outside_0_1_is_refused(scale):
+    with pytest.raises(InputError, match="scale must be in"):
+        dataclasses.replace(PARAMS, scale=scale)
+
+
+def test_the_scale_flag_may_be_left_out():
+    parser = argparse.ArgumentParser()
+    add_crf_arguments(parser)
+    flags = "--iterations 5 --gaussian-sxy 3 --gaussian-compat 3 --bilateral-sxy 50 --bilateral-srgb 5"
+    args = parser.parse_args((flags + " --bilateral-compat 10").split())
+    assert crf_params_from(args).scale == 1.0
+    assert crf_params_from(parser.parse_args((flags + " --bilateral-compat 10 --scale 0.5").split())).scale == 0.5
+    with pytest.raises(SystemExit):  # the other fields stay required
+        parser.parse_args(flags.split())

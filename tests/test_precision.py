@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stages.errors import InputError
-from stages.runtime.distributed import DistContext, autocast, inference_copy, native_bf16, use_bf16
+from stages.runtime.distributed import DistContext, autocast, inference_copy, init_distributed, native_bf16, use_bf16
 from stages.runtime.hooks import TrainHooks
 from stages.runtime.settings import TrainSettings
 from stages.runtime.trainer import train_loop
@@ -119,3 +119,19 @@ def test_freed_memory_stays_in_the_heap_for_the_next_step() -> None:
     assert all(start <= b.data_ptr() < end for b in blocks)
     del blocks
     assert _heap()[1] == end  # 100 MB freed, none of it handed back
+
+
+def test_channels_last_in_fp32_on_a_cpu_only_when_asked_and_training_learns_so(tmp_path) -> None:
+    """``--channels-last``: weights and batches go channels-last in fp32 (Lite's depthwise
+    convolutions run faster so on oneDNN); without it an fp32 CPU run keeps the default layout."""
+    assert not init_distributed("cpu", "fp32").channels_last
+    ctx = init_distributed("cpu", "fp32", channels_last=True)
+    assert ctx.channels_last and not ctx.bf16
+    torch.manual_seed(0)
+    model, hooks = Conv(3, 2, 3), ConvStep()
+    settings = TrainSettings(crop_size=6, batch_size=2, steps=20, lr=0.01, optimizer="sgd", checkpoint_every=100)
+    rows = train_loop(model, hooks, Images(), settings, ctx, tmp_path / "ckpt.pt", tmp_path / "metrics.csv", {})
+    assert model.weight.dtype == torch.float32 and model.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(hooks.layouts) and rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    frozen = inference_copy(model, ctx)
+    assert frozen is not model and frozen.weight.dtype == torch.float32

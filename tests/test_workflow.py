@@ -42,6 +42,17 @@ def test_jobs_after_train_cam_run_side_by_side_on_few_cores_in_the_configured_pr
     assert eight["train_cam"] == eight["train_seg"] == eight["refine"] == {"4"} and eight["pseudo_labels"] == {"4"}
 
 
+def test_channels_last_and_the_crf_scale_reach_every_stage_that_uses_them(tmp_path):
+    """The config's channels_last and the CRF's scale become flags of the commands, none forgotten."""
+    cfg = write_config(tmp_path / "fast.yaml", channels_last=True, pseudo_labels={"crf": {"scale": 0.5}})
+    out = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg).stdout
+    with_device = [line for line in out.splitlines() if "--device" in line]
+    assert len(with_device) >= 10 and all("--channels-last" in line for line in with_device)
+    with_crf = [line for line in out.splitlines() if "--bilateral-sxy" in line]
+    assert {"pseudo_labels", "refine"} <= {m for line in with_crf for m in re.findall(r"stages\.(\w+) --", line)}
+    assert all("--scale 0.5" in line for line in with_crf if "stages.evaluate" not in line)
+
+
 def test_slurm_profile_plans_the_same_dag(tmp_path):
     local = planned_jobs(tmp_path, REPO / "config.yaml")
     assert planned_jobs(tmp_path, REPO / "config.yaml", "--profile", "slurm") == local

@@ -53,12 +53,14 @@ def canvas_key(image: torch.Tensor, scales: Sequence[float], divisor: int) -> tu
 
 
 def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales: Sequence[float],
-                    flip: bool, channels_last: bool = False,
-                    size_divisor: int = SIZE_DIVISOR) -> list[torch.Tensor]:
+                    flip: bool, channels_last: bool = False, size_divisor: int = SIZE_DIVISOR,
+                    keep: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Per image (C, h, w) float32 at its own size: the sum of raw CAMs over scales (and flips).
 
     ``images`` (each (3, h, w)) must share their ``canvas_key``; an image's CAMs depend on the
     image alone, never on its batch mates or the batch size. ``size_divisor`` 1: no padding.
+    ``keep``: per image, the class channels to return (its present classes), chosen before the
+    maps are brought to image size, which is most of the work after the network on 20 classes.
     """
     sizes = [tuple(image.shape[-2:]) for image in images]
     totals: list[torch.Tensor | None] = [None] * len(images)
@@ -72,11 +74,15 @@ def multiscale_cams(net: torch.nn.Module, images: Sequence[torch.Tensor], scales
             x = x.contiguous(memory_format=torch.channels_last)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = F.interpolate(net.cams(x).float(), size=canvas, mode="bilinear", align_corners=False)
-        if flip:
-            maps = maps[:len(images)] + maps[len(images):].flip(-1)
+        raw = net.cams(x).float()
+        if flip:  # bilinear upsampling commutes with the mirror, so the two views add up here
+            raw = raw[:len(images)] + raw[len(images):].flip(-1)
         for i, (t, size) in enumerate(zip(scaled, sizes)):
-            own = maps[i:i + 1, :, :t.shape[-2], :t.shape[-1]]
+            own = raw[i:i + 1] if keep is None else raw[i:i + 1, keep[i]]
+            if not own.shape[1]:  # no class to keep (interpolate refuses empty maps)
+                totals[i] = own.new_zeros((0, *size))
+                continue
+            own = F.interpolate(own, size=canvas, mode="bilinear", align_corners=False)[..., :t.shape[-2], :t.shape[-1]]
             if own.shape[-2:] != size:
                 own = F.interpolate(own, size=size, mode="bilinear", align_corners=False)
             totals[i] = own[0] if totals[i] is None else totals[i] + own[0]
@@ -102,12 +108,12 @@ def write_cams(net: torch.nn.Module, index: DatasetIndex, ids: Sequence[str], wr
         batches = grouped_batches(loader, batch_size, key=lambda image: canvas_key(image, scales, size_divisor))
         for batch_ids, images in batches:
             images = [image.to(ctx.device, non_blocking=True) for image in images]
+            present = [np.asarray(index.labels[image_id], dtype=np.int64) for image_id in batch_ids]
+            keep = [torch.as_tensor(classes - 1, device=ctx.device) for classes in present]
             with autocast(ctx):
-                cams = multiscale_cams(net, images, scales, flip, ctx.channels_last, size_divisor)
-            for image_id, image_cams in zip(batch_ids, cams):
-                present = np.asarray(index.labels[image_id], dtype=np.int64)
-                kept = normalise_cams(image_cams[torch.as_tensor(present - 1, device=image_cams.device)])
-                writer.write(image_id, kept.cpu().numpy(), present)
+                cams = multiscale_cams(net, images, scales, flip, ctx.channels_last, size_divisor, keep)
+            for image_id, image_cams, classes in zip(batch_ids, cams, present):
+                writer.write(image_id, normalise_cams(image_cams).cpu().numpy(), classes)
             if on_batch is not None:
                 on_batch(len(batch_ids))
 

@@ -174,7 +174,9 @@ SEGMENTER_PRIORITY = 1
 # Training and inference stages start through this, so `resources.gpu` > 1 means torchrun.
 LAUNCH = PYTHON + " stages.launch --gpus {resources.gpu}"
 # Where and in what arithmetic every stage that runs a network computes.
-DEVICE_ARGS = ["--device", config["device"], "--precision", config["precision"]]
+DEVICE_ARGS = ["--device", config["device"], "--precision", config["precision"]] + (
+    ["--channels-last"] if config["channels_last"] else []
+)
 
 
 def check_dataset_source():
