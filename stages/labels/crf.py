@@ -4,7 +4,7 @@ Cost grows with the number of labels, so callers pass only the labels that can o
 image (present classes plus background) rather than the whole class list, and with the number of
 pixels, so ``CRFParams.scale`` < 1 runs it on a smaller copy of the image (the kernels' widths in
 pixels shrink with it) and brings the result back by bilinear interpolation: on voc-aug's 500 px
-images, half the side takes 0.28x the time and gives pseudo labels of the same mIoU
+images, half the side takes 0.30x the time and gives pseudo labels of the same mIoU
 (benchmarks/crf.py ``--only scale``).
 """
 from __future__ import annotations
