@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=200, help="rows per split: its first N images")
     p.add_argument("--thumb-size", type=int, default=96, help="longest side of a thumbnail (px)")
     p.add_argument("--view-size", type=int, default=480, help="longest side of the large view (px)")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing the rows")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out_dir) as tmp:
         counts = build_browser(index, tmp, cams=cams, labels=labels, val_split=args.val_split,
                                max_images=args.max_images, thumb_size=args.thumb_size, view_size=args.view_size,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, workers=args.workers)
     print(f"browser {args.out_dir / 'index.html'}: {counts['rows']} rows, {counts['pictures']} pictures")
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from stages.reporting.browser import image_iou, palette_hex
+from stages.data.index import DatasetIndex
+from stages.reporting.browser import CamSource, LabelSource, build_browser, image_iou, palette_hex
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "results" / "test-artifacts"))
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -30,6 +31,28 @@ def test_palette_names_every_class_and_ignore() -> None:
     colours = palette_hex(3)
     assert list(colours) == ["0", "1", "2", "255"]
     assert colours["0"] == "#000000" and colours["1"] == "#800000"  # the VOC palette
+
+
+def test_rows_drawn_in_two_processes_are_those_of_one(tiny_run, tmp_path) -> None:
+    """The pipeline draws the page with --workers {threads}: the same data and the same pictures,
+    byte for byte, in the same row order as one process."""
+    results = tiny_run[0] / "results"
+    index = DatasetIndex.load(results / "dataset" / "index.checked.json")
+    cam_file = next((results / "cam").glob("cams_*.h5"))
+    split = cam_file.stem.removeprefix("cams_")
+    labels = [LabelSource(f"pseudo_{d.parent.name}", d.parent.name, split, d, abstains=True)
+              for d in sorted((results / "pseudo_labels").glob(f"*/{split}"))]
+    labels += [LabelSource(f"pred_{d.parent.name}", d.parent.name, "val", d)
+               for d in sorted((results / "eval").glob("*/predictions"))]
+    folders = {}
+    for workers in (1, 2):
+        folders[workers] = tmp_path / str(workers)
+        counts = build_browser(index, folders[workers], cams=CamSource(cam_file, 0.3, split), labels=labels,
+                               val_split="val", max_images=6, progress=False, workers=workers)
+        assert counts["rows"] == 12 and counts["pictures"] > 24
+    one, two = (sorted(p.relative_to(f) for p in f.rglob("*") if p.is_file()) for f in folders.values())
+    assert one == two
+    assert all((folders[1] / p).read_bytes() == (folders[2] / p).read_bytes() for p in one)
 
 
 def browse_data(folder: Path) -> dict:

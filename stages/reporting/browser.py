@@ -15,6 +15,7 @@ pseudo-label pixel counts as background, as in eval_pseudo's ``miou``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from stages.errors import InputError
 from stages.io.cam_store import CamReader
 from stages.io.label_png import IGNORE, colorize, read_label
 from stages.metrics.confusion import ConfusionMatrix
+from stages.runtime.pools import pool_context
 from stages.runtime.progress import progress_bar
 
 PAGE_TEMPLATE = Path(__file__).with_name("browser_page.html")
@@ -117,8 +119,11 @@ def palette_hex(num_classes: int) -> dict[str, str]:
 
 def build_browser(index: DatasetIndex, out_dir: Path, *, cams: CamSource | None, labels: list[LabelSource],
                   val_split: str, max_images: int, thumb_size: int = 96, view_size: int = 480,
-                  progress: bool = True) -> dict[str, int]:
-    """Write the page, its data and its pictures into the empty folder ``out_dir``; returns counts."""
+                  progress: bool = True, workers: int = 1) -> dict[str, int]:
+    """Write the page, its data and its pictures into the empty folder ``out_dir``; returns counts.
+
+    ``workers`` > 1 draws rows in that many processes (the page is a run's last job, alone on the
+    machine); rows keep their order. A calling script then needs the ``__main__`` guard."""
     writer = PictureWriter(out_dir, thumb_size, view_size)
     train_split = cams.split if cams is not None else next((s.split for s in labels if s.split != val_split), None)
     columns = [{"key": "image", "title": "image", "kind": "image"},
@@ -128,22 +133,47 @@ def build_browser(index: DatasetIndex, out_dir: Path, *, cams: CamSource | None,
                         "scored": True})
     columns += [{"key": s.key, "title": s.title, "kind": "labels", "scored": True} for s in labels]
     splits = [s for s in dict.fromkeys([train_split, val_split]) if s is not None]
-    jobs = [(split, image_id) for split in splits for image_id in index.ids(split)[:max_images]]
-    rows = []
-    reader = CamReader(cams.path) if cams is not None else None
-    try:
-        for n, (split, image_id) in enumerate(progress_bar(jobs, desc="browser rows", unit="img",
-                                                           disable=not progress)):
-            rows.append(_row(index, writer, n, split, image_id, reader, cams, labels))
-    finally:
-        if reader is not None:
-            reader.close()
+    shown = [(split, image_id) for split in splits for image_id in index.ids(split)[:max_images]]
+    jobs = [(n, split, image_id) for n, (split, image_id) in enumerate(shown)]
+    context = (index, writer, cams, labels)
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            _start_rows(*context)
+            stack.callback(_stop_rows)
+            made = map(_one_row, jobs)
+        else:
+            pool = stack.enter_context(pool_context(__name__).Pool(workers, _start_rows, context))
+            made = pool.imap(_one_row, jobs, chunksize=4)
+        rows = list(progress_bar(made, total=len(jobs), desc="browser rows", unit="img", disable=not progress))
     data = {"dataset": index.name, "classes": index.classes, "colours": palette_hex(index.num_classes),
             "columns": columns, "rows": rows, "splits": splits}
     (out_dir / "data.js").write_text("window.BROWSE_DATA = " + json.dumps(data, separators=(",", ":")) + ";\n",
                                      encoding="utf-8")
     shutil.copyfile(PAGE_TEMPLATE, out_dir / "index.html")
     return {"rows": len(rows), "pictures": sum(len(list((out_dir / d).iterdir())) for d in ("t", "v"))}
+
+
+# What every row of this process needs, with its own handle on the CAM file (an HDF5 handle does
+# not cross processes): set by _start_rows, in the calling process or in each pool worker.
+_rows: dict = {}
+
+
+def _start_rows(index: DatasetIndex, writer: PictureWriter, cams: CamSource | None,
+                labels: list[LabelSource]) -> None:
+    _rows.update(index=index, writer=writer, cams=cams, labels=labels,
+                 reader=CamReader(cams.path) if cams is not None else None)
+
+
+def _stop_rows() -> None:
+    reader = _rows.pop("reader", None)
+    if reader is not None:
+        reader.close()
+
+
+def _one_row(job: tuple[int, str, str]) -> dict:
+    n, split, image_id = job
+    return _row(_rows["index"], _rows["writer"], n, split, image_id, _rows["reader"], _rows["cams"],
+                _rows["labels"])
 
 
 def _row(index: DatasetIndex, writer: PictureWriter, n: int, split: str, image_id: str,

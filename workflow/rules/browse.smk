@@ -18,6 +18,8 @@ rule browse:
         "results/logs/browse.log",
     benchmark:
         "results/benchmarks/browse.tsv"
+    # the run's last job, usually alone: its rows drawn in as many processes (stages/browse.py)
+    threads: 2
     params:
         pseudo=lambda wildcards, input: [
             f"{r}={path}" for r, path in zip(REFINEMENTS, input.pseudo)
@@ -33,4 +35,4 @@ rule browse:
         + " stages.browse --index {input.index:q} --cams {input.cams:q} --best {input.best:q}"
         " --train-split {params.train_split:q} --val-split {params.val_split:q}"
         " --pseudo-labels {params.pseudo:q} --predictions {params.predictions:q} {params.options:q}"
-        " --no-progress --out-dir {output:q} > {log:q} 2>&1"
+        " --workers {threads} --no-progress --out-dir {output:q} > {log:q} 2>&1"
