@@ -384,6 +384,19 @@ def test_ground_truth_never_reaches_the_losses(toy) -> None:
     assert not torch.equal(method.pending[0][3], method.pending[1][3]), "and so does its pixel sample"
 
 
+def test_l0_weighs_the_classification_loss_in_the_sum() -> None:
+    """l0 scales L_cls alone; the other terms keep their weights (the L_cls decomposition rows)."""
+    method = get_method("ugrl", {"d_cls": 32, "d_seg": 16, "l0": 0.25, "l2": 0.5, "l3": 2.0})
+    net = method.build_model(SegmenterSpec("resnet10t", "mlp", 3), None)
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 48, 48), "label": torch.randint(0, 3, (2, 48, 48)),
+             "labels": torch.tensor([[1.0, 1.0], [1.0, 0.0]]), "gt": torch.randint(0, 3, (2, 48, 48))}
+    out = method.training_step(net, batch, StepContext(step=0, total_steps=1, dist=CPU, optimizers=[]))
+    assert out["cls"] > 0 and out["seg"] > 0 and out["aux"] > 0
+    expected = 0.25 * out["cls"] + out["seg"] + 0.5 * out["contrast"] + 2.0 * out["aux"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_resume_after_sigkill_keeps_the_prototypes(toy, tmp_path: Path) -> None:
     index, labels = toy
     options = {"warmup_steps": 2, "d_cls": 64, "d_seg": 32}

@@ -2,6 +2,13 @@
 ruleorder: refine_plmix > infer_cam
 
 
+def plmix_crf(wildcards):
+    """pseudo_labels.crf, at the refinement's crf_scale where it sets one."""
+    crf = config["pseudo_labels"]["crf"]
+    scale = REFINEMENTS[wildcards.refinement].get("crf_scale", crf["scale"])
+    return cli({**crf, "scale": scale})
+
+
 rule refine_plmix:
     input:
         index=INDEX,
@@ -30,7 +37,7 @@ rule refine_plmix:
         # Not an output: round state survives a killed job, and the re-run resumes.
         state_dir="results/refine/{refinement}/state",
         options=lambda wildcards: cli(
-            REFINEMENTS[wildcards.refinement], exclude=("method", "train")
+            REFINEMENTS[wildcards.refinement], exclude=("method", "train", "crf_scale")
         ),
         train=lambda wildcards: cli(REFINEMENTS[wildcards.refinement]["train"]),
         split=config["cam"]["infer"]["split"],
@@ -42,7 +49,7 @@ rule refine_plmix:
             }
         ),
         sweep=cli(config["cam"]["eval"], exclude=("split",)),
-        crf=cli(config["pseudo_labels"]["crf"]),
+        crf=plmix_crf,
         device=DEVICE_ARGS,
     shell:
         LAUNCH

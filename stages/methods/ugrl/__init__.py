@@ -9,7 +9,7 @@ Per step (see docs/methods/ugrl.md for the reconstructed choices):
   weighted per pixel by ``exp(-u_y / beta)``; the reliable pool (K% lowest-uncertainty labelled
   pixels of each class per image, ranked by their margin to the decoder-space prototypes); L_contrast,
   supervised InfoNCE in the pool; L_aux, the affinity loss on the pool's pairs.
-  ``loss = L_cls + l1 L_seg + l2 L_contrast + l3 L_aux``.
+  ``loss = l0 L_cls + l1 L_seg + l2 L_contrast + l3 L_aux`` (the paper's sum has no l0: 1 by default).
 - Diagnostics (diagnostics.py, report.py): a sample of labelled pixels with ground truth (train
   images with masks, reporting only), to show whether the ranking picks the right labels.
 
@@ -92,6 +92,7 @@ class UGRL(Method):
     beta: float = 0.5
     tau: float = 0.1
     eta: float = 0.99
+    l0: float = 1.0  # weight of L_cls: below 1, the classification pulls less on the shared backbone
     l1: float = 1.0
     l2: float = 0.1
     l3: float = 0.1
@@ -178,7 +179,7 @@ class UGRL(Method):
             seg_terms, counts, sample = self.segmentation_losses(out, picked, batch["gt"], u)
             terms.update(seg_terms)
         self.pending.append((sums, pixel_sums, counts, sample))
-        loss = l_cls + self.l1 * terms["seg"] + self.l2 * terms["contrast"] + self.l3 * terms["aux"]
+        loss = self.l0 * l_cls + self.l1 * terms["seg"] + self.l2 * terms["contrast"] + self.l3 * terms["aux"]
         return {"loss": loss, **terms}
 
     def pick(self, batch: dict[str, torch.Tensor], present: torch.Tensor, picked: dict[str, torch.Tensor],
