@@ -43,14 +43,21 @@ def test_jobs_after_train_cam_run_side_by_side_on_few_cores_in_the_configured_pr
 
 
 def test_channels_last_and_the_crf_scale_reach_every_stage_that_uses_them(tmp_path):
-    """The config's channels_last and the CRF's scale become flags of the commands, none forgotten."""
-    cfg = write_config(tmp_path / "fast.yaml", channels_last=True, pseudo_labels={"crf": {"scale": 0.5}})
+    """The config's channels_last and the CRF's scale become flags of the commands, none forgotten;
+    a PL-Mix refinement's crf_scale replaces the scale in its own rounds only."""
+    plmix = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())["refinements"]["plmix"]
+    cfg = write_config(tmp_path / "fast.yaml", channels_last=True, pseudo_labels={"crf": {"scale": 0.33}},
+                       refinements={"plmix": {**plmix, "crf_scale": 0.5}})
     out = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg).stdout
     with_device = [line for line in out.splitlines() if "--device" in line]
     assert len(with_device) >= 10 and all("--channels-last" in line for line in with_device)
     with_crf = [line for line in out.splitlines() if "--bilateral-sxy" in line]
-    assert {"pseudo_labels", "refine"} <= {m for line in with_crf for m in re.findall(r"stages\.(\w+) --", line)}
-    assert all("--scale 0.5" in line for line in with_crf if "stages.evaluate" not in line)
+    stages = {line: re.findall(r"stages\.(?!launch\b)(\w+)", line)[0] for line in with_crf}
+    assert {"pseudo_labels", "refine", "refine_irn"} <= set(stages.values())
+    for line, stage in stages.items():
+        if stage != "evaluate":
+            assert f"--scale {0.5 if stage == 'refine' else 0.33} " in line, line
+    assert "--crf-scale" not in out
 
 
 def test_slurm_profile_plans_the_same_dag(tmp_path):
