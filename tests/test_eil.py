@@ -32,7 +32,7 @@ from stages.methods.eil.diagnostics import (
     random_precision_at,
     round_diagnostics,
 )
-from stages.methods.eil.explore import Explorer, teacher_views
+from stages.methods.eil.explore import Explorer, fit_policy, teacher_views
 from stages.methods.eil.inference import class_thresholds, infer_labels, radius_in_pixels
 from stages.methods.eil.replay import ReplayBuffer, Transitions
 from stages.methods.eil.reward import Rewarder, RewardSettings, decoder_loss, label_target, map_value, tuned_decoder
@@ -315,6 +315,35 @@ def test_the_assessor_starts_at_zero_and_fits_a_reward_from_its_replay_buffer() 
     assert after["q_reward_corr"] > 0.9 and after["td_loss"] < 0.3 * before["td_loss"], after
 
 
+@pytest.mark.parametrize("baseline", ["none", "replay_mean"])
+def test_a_reward_baseline_makes_q_positive_for_the_better_proposals(baseline: str) -> None:
+    """Every reward negative (-0.3 + 0.2 a_0), as the round's features give them: without a
+    baseline Q > 0 (adoption) nowhere; less the buffer's mean (-0.2), Q > 0 where a_0 > 0.5."""
+    torch.manual_seed(0)
+    agent = PolicyAgent(in_channels=3, action_dim=2, width=8, blocks=1, lr=0.01, gamma=0.0, target_rate=0.1,
+                        searcher_steps=300)
+    g = torch.Generator().manual_seed(0)
+
+    def drawn(n: int) -> Transitions:
+        action = torch.rand(n, 2, generator=g)
+        return Transitions(torch.randn(n, 3, 4, 4, generator=g), action, 0.2 * action[:, 0] - 0.3,
+                           torch.randn(n, 3, 4, 4, generator=g), torch.rand(n, 2, generator=g))
+
+    replay = ReplayBuffer(capacity=1000)
+    replay.add(drawn(256))
+    assert replay.mean_reward() == pytest.approx(-0.2, abs=0.01)
+    shift = replay.mean_reward() if baseline == "replay_mean" else 0.0
+    fit_policy(agent, replay, 300, 32, shift, False, g, torch.device("cpu"))
+    held_out = drawn(200)
+    with torch.no_grad():
+        adopted = (agent.assessor(held_out.state, held_out.action) > 0).float()
+    better, worse = held_out.action[:, 0] > 0.65, held_out.action[:, 0] < 0.35
+    if baseline == "none":
+        assert adopted.mean() < 0.05
+    else:
+        assert adopted[better].mean() > 0.9 and adopted[worse].mean() < 0.1
+
+
 def test_replay_buffer_keeps_the_newest_and_rounds_reload_exactly(tmp_path: Path) -> None:
     replay = ReplayBuffer(capacity=5)
     for start in (0, 3):
@@ -464,6 +493,7 @@ def test_scribble_sources_become_rules_and_flags(tmp_path) -> None:
     ({"method": "eil", "scribbles": "drawn"}, "'drawn' does not match"),
     ({"method": "eil"}, "'scribbles' is a required property"),
     ({"method": "eil", "scribbles": "synthetic", "policy": "greedy"}, "'greedy' is not one of"),
+    ({"method": "eil", "scribbles": "synthetic", "reward_baseline": "median"}, "'median' is not one of"),
 ])
 def test_bad_eil_variants_are_named(tmp_path, variant, message) -> None:
     cfg = write_config(tmp_path / "config.yaml", variants={"bad": variant})

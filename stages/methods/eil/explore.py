@@ -10,7 +10,10 @@ each explored once: the action is the searcher's plus Gaussian noise (``noise_st
 random for the random policies; H(M, a) gives M'; the reward is ``V(M', F') - V(M, F)`` as
 ``reward.Rewarder`` estimates it, and the next state s' = (F, P, M'). The transitions join a
 replay buffer kept across rounds (``replay``), and ``policy_updates`` DDPG updates run on
-mini-batches of ``policy_batch`` drawn from it.
+mini-batches of ``policy_batch`` drawn from it. With ``reward_baseline: replay_mean`` (beyond the
+paper) the assessor learns from each reward minus the buffer's mean reward, so Q > 0 reads "better
+than the proposals seen so far" rather than "raises V", which on the round's features few
+additions do (docs/methods/eil.md).
 
 Phase 2 (labelling, every training image): the searcher's action without noise (or a random
 one), M' = H(M, a), adopted only where the assessor scores Q(s, a) > 0 (paper Eq. 13); the
@@ -46,6 +49,7 @@ from stages.methods.eil.reward import Rewarder
 from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
+REWARD_BASELINES = ("none", "replay_mean")
 PASS_BATCH = 8  # images per teacher pass when relabelling (of one canvas, so no view depends on it)
 
 
@@ -109,6 +113,18 @@ def encode_state(view: TeacherView, label: np.ndarray, grid: int) -> torch.Tenso
     return F.adaptive_avg_pool2d(stacked[None], grid)[0]
 
 
+def fit_policy(agent: PolicyAgent, replay: ReplayBuffer, updates: int, batch_size: int, baseline: float,
+               train_searcher: bool, generator: torch.Generator, device: torch.device) -> list[dict[str, float]]:
+    """``updates`` DDPG updates on mini-batches drawn from ``replay``, each reward less ``baseline``
+    (0: the rewards as they are); returns each update's losses."""
+    terms = []
+    for _ in range(updates):
+        batch = replay.sample(batch_size, generator).to(device)
+        batch.reward = batch.reward - baseline
+        terms.append(agent.ddpg_update(**vars(batch), train_searcher=train_searcher))
+    return terms
+
+
 @dataclass(frozen=True)
 class RoundSettings:
     policy: str
@@ -122,6 +138,7 @@ class RoundSettings:
     policy_batch: int
     grid: int
     restrict_classes: bool
+    reward_baseline: str = "none"
 
 
 class Explorer:
@@ -209,16 +226,16 @@ class Explorer:
         fresh = self.collect(ids, image, label)
         before = self.agent.assess(**vars(fresh))
         replay.add(fresh)
-        terms = []
-        for _ in range(self.s.policy_updates):
-            batch = replay.sample(self.s.policy_batch, self.generator).to(self.dist.device)
-            terms.append(self.agent.ddpg_update(**vars(batch), train_searcher=self.s.policy == "searcher_assessor"))
+        baseline = replay.mean_reward() if self.s.reward_baseline == "replay_mean" else 0.0
+        terms = fit_policy(self.agent, replay, self.s.policy_updates, self.s.policy_batch, baseline,
+                           self.s.policy == "searcher_assessor", self.generator, self.dist.device)
         after = self.agent.assess(**vars(fresh))
         tenth = max(len(terms) // 10, 1)
         out = {"reward": float(fresh.reward.mean()), "reward_std": float(fresh.reward.std()),
                "q_reward_corr_before": before["q_reward_corr"], "q_reward_corr": after["q_reward_corr"],
                "q_fresh": after["q"], "td_loss_first": float(np.mean([t["assessor_loss"] for t in terms[:tenth]])),
-               "td_loss_last": float(np.mean([t["assessor_loss"] for t in terms[-tenth:]])), "replay": len(replay)}
+               "td_loss_last": float(np.mean([t["assessor_loss"] for t in terms[-tenth:]])), "replay": len(replay),
+               "reward_baseline": baseline}
         if "searcher_loss" in terms[0]:
             out["searcher_loss"] = float(np.mean([t["searcher_loss"] for t in terms]))
         return out, fresh

@@ -21,7 +21,7 @@ from stages.io.label_png import IGNORE, label_path, read_label, write_label
 from stages.methods.base import Method, TrainInputs
 from stages.methods.ce import masked_cross_entropy
 from stages.methods.eil.agent import SEARCHER_OPTIMIZERS, PolicyAgent
-from stages.methods.eil.explore import POLICIES, Explorer, RoundSettings
+from stages.methods.eil.explore import POLICIES, REWARD_BASELINES, Explorer, RoundSettings
 from stages.methods.eil.inference import ACTION_SPACES, RADIUS_UNITS, action_dim
 from stages.methods.eil.replay import ReplayBuffer, Transitions
 from stages.methods.eil.report import REPORT_SPLIT, quality_of, report_ids, write_label_maps, write_table
@@ -62,6 +62,7 @@ class EIL(Method):
     reward_features: str = "round"  # or "updated": F' after a short decoder update on each map
     reward_steps: int = 3
     reward_lr: float = 0.1
+    reward_baseline: str = "none"  # or "replay_mean": the assessor learns rewards minus the buffer's mean
     policy_lr: float = 0.001
     searcher_optimizer: str = "sgd"  # the paper's SGD (momentum 0.9, weight decay 0.02, cosine); or "adam"
     transitions: int = 160
@@ -104,6 +105,9 @@ class EIL(Method):
         if self.reward_features not in REWARD_FEATURES:
             raise InputError(f"eil: reward_features {self.reward_features!r} is not one of "
                              f"{', '.join(REWARD_FEATURES)}")
+        if self.reward_baseline not in REWARD_BASELINES:
+            raise InputError(f"eil: reward_baseline {self.reward_baseline!r} is not one of "
+                             f"{', '.join(REWARD_BASELINES)}")
         if not 0.0 <= self.explore_random <= 1.0:
             raise InputError(f"eil: explore_random ({self.explore_random}) is a share of the explored actions, "
                              f"in [0, 1]")
@@ -218,7 +222,7 @@ class EIL(Method):
         index, ids = self.inputs.index, self.inputs.index.ids(self.inputs.split)
         settings = RoundSettings(self.policy, self.action_space, float(self.radii[r - 1]), self.radius_unit,
                                  self.noise_std, self.explore_random, self.transitions, self.policy_updates,
-                                 self.policy_batch, self.state_grid, self.restrict_classes)
+                                 self.policy_batch, self.state_grid, self.restrict_classes, self.reward_baseline)
         generator = torch.Generator().manual_seed(self.seed * 1009 + r)
         num_classes = self.teacher.decoder.classifier.out_channels
         rewarder = Rewarder(self.teacher.decoder, num_classes,

@@ -77,6 +77,10 @@ class ReplayBuffer:
         if len(self.data) > self.capacity:
             self.data = self.data.take(torch.arange(len(self.data) - self.capacity, len(self.data)))
 
+    def mean_reward(self) -> float:
+        """The mean reward of the transitions kept (0 when empty)."""
+        return 0.0 if self.data is None else float(self.data.reward.float().mean())
+
     def sample(self, n: int, generator: torch.Generator) -> Transitions:
         """``n`` transitions drawn uniformly with replacement (float16 states; ``to`` restores them)."""
         if self.data is None:
