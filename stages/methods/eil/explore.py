@@ -10,10 +10,10 @@ each explored once: the action is the searcher's plus Gaussian noise (``noise_st
 random for the random policies; H(M, a) gives M'; the reward is ``V(M', F') - V(M, F)`` as
 ``reward.Rewarder`` estimates it, and the next state s' = (F, P, M'). The transitions join a
 replay buffer kept across rounds (``replay``), and ``policy_updates`` DDPG updates run on
-mini-batches of ``policy_batch`` drawn from it. With ``reward_baseline: replay_mean`` (beyond the
-paper) the assessor learns from each reward minus the buffer's mean reward, so Q > 0 reads "better
-than the proposals seen so far" rather than "raises V", which on the round's features few
-additions do (docs/methods/eil.md).
+mini-batches of ``policy_batch`` drawn from it. With ``reward_baseline`` (beyond the paper) the
+assessor learns from each reward less the buffer's mean reward (``replay_mean``) or this round's
+(``round_mean``), so Q > 0 reads "better than those proposals" rather than "raises V", which on
+the round's features few additions do (docs/methods/eil.md).
 
 Phase 2 (labelling, every training image): the searcher's action without noise (or a random
 one), M' = H(M, a), adopted only where the assessor scores Q(s, a) > 0 (paper Eq. 13); the
@@ -49,7 +49,7 @@ from stages.methods.eil.reward import Rewarder
 from stages.runtime.distributed import DistContext, autocast, inference_copy
 
 POLICIES = ("none", "random", "random_assessor", "searcher_assessor")
-REWARD_BASELINES = ("none", "replay_mean")
+REWARD_BASELINES = ("none", "replay_mean", "round_mean")
 PASS_BATCH = 8  # images per teacher pass when relabelling (of one canvas, so no view depends on it)
 
 
@@ -226,7 +226,8 @@ class Explorer:
         fresh = self.collect(ids, image, label)
         before = self.agent.assess(**vars(fresh))
         replay.add(fresh)
-        baseline = replay.mean_reward() if self.s.reward_baseline == "replay_mean" else 0.0
+        baseline = {"none": 0.0, "replay_mean": replay.mean_reward(),
+                    "round_mean": float(fresh.reward.mean())}[self.s.reward_baseline]
         terms = fit_policy(self.agent, replay, self.s.policy_updates, self.s.policy_batch, baseline,
                            self.s.policy == "searcher_assessor", self.generator, self.dist.device)
         after = self.agent.assess(**vars(fresh))

@@ -62,7 +62,7 @@ class EIL(Method):
     reward_features: str = "round"  # or "updated": F' after a short decoder update on each map
     reward_steps: int = 3
     reward_lr: float = 0.1
-    reward_baseline: str = "none"  # or "replay_mean": the assessor learns rewards minus the buffer's mean
+    reward_baseline: str = "none"  # or replay_mean / round_mean: the assessor learns rewards less that mean
     policy_lr: float = 0.001
     searcher_optimizer: str = "sgd"  # the paper's SGD (momentum 0.9, weight decay 0.02, cosine); or "adam"
     transitions: int = 160
