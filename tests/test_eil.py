@@ -463,12 +463,15 @@ def test_scribbles_only_trains_without_rounds(toy, tmp_path) -> None:
     assert not list((tmp_path / "none" / "state").glob("round*"))
 
 
-def test_updated_reward_and_random_exploration_run_a_round(toy, tmp_path) -> None:
+def test_updated_reward_random_exploration_and_a_round_baseline_run_a_round(toy, tmp_path) -> None:
     scribbles = tmp_path / "scribbles"
     write_scribble_source(toy, "train_aug", "synthetic", scribbles)
-    _train(toy, scribbles, tmp_path / "updated", reward_features="updated", reward_steps=1, explore_random=0.5)
+    _train(toy, scribbles, tmp_path / "updated", reward_features="updated", reward_steps=1, explore_random=0.5,
+           reward_baseline="round_mean")
     rounds = pd.read_csv(tmp_path / "updated" / "outputs" / "rounds.csv")
     assert rounds["round"].tolist() == [0, 1, 2] and np.isfinite(rounds["reward"].iloc[1:]).all()
+    # round_mean: the baseline each round subtracts is that round's mean explored reward
+    np.testing.assert_allclose(rounds["reward_baseline"].iloc[1:], rounds["reward"].iloc[1:])
 
 
 # -- configuration ---------------------------------------------------------------------------------

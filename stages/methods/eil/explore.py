@@ -138,7 +138,7 @@ class RoundSettings:
     policy_batch: int
     grid: int
     restrict_classes: bool
-    reward_baseline: str = "none"
+    reward_baseline: str
 
 
 class Explorer:
