@@ -53,8 +53,18 @@ def test_class_balanced_advantages_normalise_and_weigh_each_class_apart() -> Non
     assert torch.allclose(adv.flatten(), want, atol=1e-3)
     # each class half the total weight, the mean weight 1: 6/2 spread over 4 and over 2 positions
     assert torch.allclose(weight.flatten(), torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5]))
+    # balance_power 0.5: weights 1/sqrt(4) and 1/sqrt(2), scaled to mean 1; 0: every position 1
+    half = class_balanced_advantages(rewards, valid, classes, num_classes=3, power=0.5)
+    scale = 6 / (4 * 4 ** -0.5 + 2 * 2 ** -0.5)
+    w0, w1 = scale * 4 ** -0.5, scale * 2 ** -0.5
+    assert torch.allclose(half[0], adv) and torch.allclose(half[1].flatten(), torch.tensor([w0] * 4 + [w1] * 2))
+    assert torch.equal(class_balanced_advantages(rewards, valid, classes, 3, power=0.0)[1], torch.ones_like(rewards))
     with pytest.raises(InputError, match="reward.balance .* needs reward.level pixel"):
         RewardSpec.from_options({"balance": True})
+    with pytest.raises(InputError, match="balance_power weighs the classes of reward.balance"):
+        RewardSpec.from_options({"level": "pixel", "balance_power": 0.5})
+    with pytest.raises(InputError, match=r"balance_power must lie in \[0, 1\], got 2"):
+        RewardSpec.from_options({"level": "pixel", "balance": True, "balance_power": 2})
 
 
 def test_cell_classes_take_the_most_frequent_labelled_class() -> None:
@@ -298,7 +308,11 @@ def test_schema_defaults_are_the_method_defaults() -> None:
     for name in ("samples", "psr_scales", "psd", "sync_an", "last_layer_lr_factor"):
         assert block[name]["default"] == getattr(method, name), name
     for name, value in vars(RewardSpec()).items():
-        assert block["reward"]["properties"][name]["default"] == value, name
+        prop = block["reward"]["properties"][name]
+        if "default" in prop:
+            assert prop["default"] == value, name
+        else:  # no default filled in (the job's command stays as before the option): the text says it
+            assert f"Left out: {value:g}" in " ".join(prop["description"].split()), name
 
 
 def test_last_layer_gets_its_own_learning_rate() -> None:

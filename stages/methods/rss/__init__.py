@@ -166,7 +166,7 @@ class RSS(Method):
             if self.spec.balance:
                 classes = cell_classes(batch.reference, grid, probs.shape[1])
                 advantages, weight = class_balanced_advantages(rewards, valid, classes, probs.shape[1], dist,
-                                                               self.sync_an)
+                                                               self.sync_an, self.spec.balance_power)
             else:
                 advantages, weight = normalised_advantages(rewards, valid, dist, self.sync_an), valid.float()
         else:

@@ -48,9 +48,11 @@ def normalised_advantages(rewards: torch.Tensor, valid: torch.Tensor, dist: Dist
 
 def class_balanced_advantages(rewards: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor,
                               num_classes: int, dist: DistContext | None = None,
-                              sync: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                              sync: bool = True, power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``reward.balance`` (beyond the paper): pixel rewards normalised within each reference class
-    (its own baseline and spread), and loss weights that give each class present the same total.
+    (its own baseline and spread), and loss weights: each position weighs its class's count to the
+    power ``-power`` (``reward.balance_power``): 1 gives each class present the same total, 0 keeps
+    every position at one, so only the baselines are per class.
 
     ``classes`` (B, h, w) is each position's reference class (255: none). With one baseline for
     all pixels, the majority class sets it: a rare class's pixels, mostly wrong, see "below
@@ -68,7 +70,7 @@ def class_balanced_advantages(rewards: torch.Tensor, valid: torch.Tensor, classe
         if counts.item() == 0:  # every process skips the same class: the all-reduces stay paired
             continue
         advantages = advantages + normalised_advantages(rewards, member, dist, sync)
-        weights = weights + member.to(weights.dtype) / counts.item()
+        weights = weights + member.to(weights.dtype) / counts.item() ** power
     totals = torch.stack([valid.sum().double(), weights.double().sum()])
     if sync and dist is not None:
         totals = all_reduce_sum(totals, dist)

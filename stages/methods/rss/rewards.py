@@ -51,6 +51,7 @@ class RewardSpec:
     min_area: float = 0.01  # tags: share of the map's pixels above which a class counts as shown
     cam_weight: float = 0.5  # tags: weight of the confident-region term
     balance: bool = False  # pixel level: baseline, spread and loss weight per reference class
+    balance_power: float = 1.0  # balance: a position weighs its class's count to this power, negated
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "RewardSpec":
@@ -74,6 +75,10 @@ class RewardSpec:
         if spec.balance and (spec.level != "pixel" or spec.source != "pseudo"):
             raise InputError("reward.balance weighs pixels by their label's class: it needs reward.level pixel "
                              "and reward.source pseudo")
+        if "balance_power" in options and not spec.balance:
+            raise InputError("reward.balance_power weighs the classes of reward.balance: set balance: true")
+        if not 0 <= spec.balance_power <= 1:
+            raise InputError(f"reward.balance_power must lie in [0, 1], got {spec.balance_power}")
         if not 0 <= spec.cam_weight <= 1 or not 0 <= spec.min_area < 1:
             raise InputError("reward.cam_weight must lie in [0, 1] and reward.min_area in [0, 1)")
         return spec
