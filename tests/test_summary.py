@@ -256,7 +256,7 @@ def test_timing_rows_named_like_a_stage_get_no_bar(inputs) -> None:
 def test_one_foreground_class_is_named_where_background_hides_it(tmp_path: Path) -> None:
     """VOC's image-level RSS rows call every object "dog" behind a background near its true share:
     the all-pixel test cannot see it, the foreground test names it; an honest mix is not named."""
-    shares = {"dog_only": ([0.7, 0.3, 0.0], [0.6, 0.2, 0.2]),  # every predicted object a cat
+    shares = {"cat_only": ([0.7, 0.3, 0.0], [0.6, 0.2, 0.2]),  # every predicted object a cat
               "mixed": ([0.7, 0.2, 0.1], [0.6, 0.2, 0.2]),
               "one_in_masks": ([0.7, 0.3, 0.0], [0.6, 0.4, 0.0])}  # the masks show one class only
     paths = {}
@@ -267,7 +267,7 @@ def test_one_foreground_class_is_named_where_background_hides_it(tmp_path: Path)
         paths[variant].write_text("class_index,class,single,gt_share,pred_share\n" + rows)
     lines = per_class.histogram_lines(per_class.per_class_long(paths, {}, {}))
     assert lines == [
-        "- dog_only: background on 70% of the pixels (ground truth 60%); 2 of the 3 classes present predicted; "
+        "- cat_only: background on 70% of the pixels (ground truth 60%); 2 of the 3 classes present predicted; "
         "**ONE FOREGROUND CLASS**: cat on 100% of the predicted foreground (ground truth 50%)",
         "- mixed: background on 70% of the pixels (ground truth 60%); 3 of the 3 classes present predicted",
         "- one_in_masks: background on 70% of the pixels (ground truth 60%); 2 of the 2 classes present predicted"]
